@@ -1,0 +1,37 @@
+"""`python -m neuroflow fit|validate|test|merge` (and the `neuroflow` console script)."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from lightning.pytorch.cli import LightningCLI
+
+from neuroflow.trainer import NeuroTrainer
+
+
+class NeuroflowCLI(LightningCLI):
+    """LightningCLI with neuroflow's `merge` subcommand and shared task wiring."""
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        return {**LightningCLI.subcommands(), "merge": {"model", "datamodule"}}
+
+    def add_arguments_to_parser(self, parser: Any) -> None:
+        # Tasks are written once, under `data`; the model receives the DataModule's resolved task
+        # specs so that its heads (or the experts it merges) match the dataloaders.
+        parser.link_arguments("data.task_specs", "model.init_args.tasks", apply_on="instantiate")
+
+
+def main(args: list[str] | None = None) -> None:
+    NeuroflowCLI(
+        model_class=None,
+        datamodule_class=None,
+        trainer_class=NeuroTrainer,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        parser_kwargs={"parser_mode": "omegaconf"},
+        save_config_kwargs={"overwrite": True},
+        args=args if args is not None else sys.argv[1:],
+        auto_configure_optimizers=False,
+    )

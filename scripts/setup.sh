@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Creates .venv and installs neuroflow with its test extras. Safe to rerun.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ -d .venv ] || python3 -m venv .venv
+. .venv/bin/activate
+python -m pip install -q --upgrade pip
+# The CPU build of torch is on disk; installing it first stops the dependencies from pulling CUDA wheels.
+python -m pip install -q torch==2.13.0
+python -m pip install -q -e ".[dev]"
