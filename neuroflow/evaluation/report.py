@@ -1,0 +1,345 @@
+"""Evaluation reports: `report.json`, `report.md` and `report.png`, and combining several runs.
+
+A report scores one evaluated model (a merged model, the experts, or the pre-trained backbone) on
+every task and relates it to the task's expert: the *normalized score* of a task is the model's
+primary metric divided by the expert's (1.0 = as good as the expert). Several runs' reports combine
+into one table:
+
+    python -m neuroflow.evaluation.report combine runs/merged/neuromerging runs/merged/ties --out runs/report
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import tempfile
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+REPORT_FORMAT = "neuroflow-report/1"
+COMBINED_FORMAT = "neuroflow-combined-report/1"
+REPORT_FILES = ("report.json", "report.md", "report.png")
+
+# Lightning appends this to keys logged from the 2nd..Nth dataloader unless the module logs with
+# add_dataloader_idx=False; accept both so reports don't depend on how a module logs.
+_DATALOADER_SUFFIX = re.compile(r"/dataloader_idx_\d+$")
+
+
+def normalized_score(value: float | None, expert: float | None) -> float | None:
+    """`value / expert`, or None where the ratio means nothing (missing, non-finite, expert <= 0).
+
+    Args:
+        value: the evaluated model's primary metric on a task.
+        expert: the task's expert on the same metric and split.
+    """
+    if value is None or expert is None:
+        return None
+    if not (math.isfinite(value) and math.isfinite(expert)) or expert <= 0:
+        return None
+    return value / expert
+
+
+def metrics_from_logged(
+    logged: Mapping[str, Any], stage: str, tasks: list[str]
+) -> dict[str, dict[str, float]]:
+    """Per-task metrics from logged values named `{stage}/{task}/{metric}`.
+
+    Args:
+        logged: e.g. `trainer.callback_metrics` or the dicts `Trainer.test` returns, merged.
+        stage: `val` or `test`.
+        tasks: the task names to collect; a task with no logged metric is an error.
+
+    Raises:
+        KeyError: a task of `tasks` has no `{stage}/{task}/...` value.
+    """
+    out: dict[str, dict[str, float]] = {task: {} for task in tasks}
+    for key, value in logged.items():
+        key = _DATALOADER_SUFFIX.sub("", key)
+        parts = key.split("/")
+        if len(parts) != 3 or parts[0] != stage or parts[1] not in out:
+            continue
+        out[parts[1]][parts[2]] = float(value)
+    missing = [task for task, values in out.items() if not values]
+    if missing:
+        known = sorted(k for k in logged if k.startswith(f"{stage}/"))
+        raise KeyError(f"no logged {stage} metrics for task(s) {missing}; logged keys: {known}")
+    return out
+
+
+def _mean(values: list[float | None]) -> float | None:
+    kept = [v for v in values if v is not None and math.isfinite(v)]
+    return sum(kept) / len(kept) if kept else None
+
+
+def build_report(
+    name: str,
+    task_metrics: Mapping[str, Mapping[str, float]],
+    primary: Mapping[str, str],
+    expert_metrics: Mapping[str, Mapping[str, float]] | None = None,
+    expert_source: Mapping[str, str] | None = None,
+    split: str = "test",
+    model: Mapping[str, Any] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Assemble the report dictionary (the content of `report.json`).
+
+    Args:
+        name: the row's name in tables (e.g. `neuromerging`, `experts`, `pretrained`).
+        task_metrics: task -> metric name -> value, for the evaluated model.
+        primary: task -> its primary metric (the first of `TaskSpec.metrics`).
+        expert_metrics: task -> metric name -> value, for the task's own expert (same split).
+        expert_source: task -> where the expert's numbers come from (`manifest` or `evaluated`).
+        split: the evaluated split (`test` or `validation`).
+        model: what was evaluated (kind, method, hyperparameters, paths), stored as is.
+        extra: more top-level entries (e.g. the validation search), stored as is.
+    """
+    expert_metrics = expert_metrics or {}
+    expert_source = expert_source or {}
+    tasks: dict[str, Any] = {}
+    for task, values in task_metrics.items():
+        metric = primary[task]
+        if metric not in values:
+            raise KeyError(f"task {task!r}: primary metric {metric!r} not among {sorted(values)}")
+        expert = dict(expert_metrics.get(task, {}))
+        tasks[task] = {
+            "primary_metric": metric,
+            "metrics": {k: float(v) for k, v in values.items()},
+            "expert": {k: float(v) for k, v in expert.items()},
+            "expert_source": expert_source.get(task) if expert else None,
+            "normalized": normalized_score(values[metric], expert.get(metric)),
+        }
+    metric_names = sorted({m for entry in tasks.values() for m in entry["metrics"]})
+    average = {
+        "metrics": {m: _mean([e["metrics"].get(m) for e in tasks.values()]) for m in metric_names},
+        "score": _mean([e["metrics"][e["primary_metric"]] for e in tasks.values()]),
+        "expert_score": _mean([e["expert"].get(e["primary_metric"]) for e in tasks.values()]),
+        "normalized": _mean([e["normalized"] for e in tasks.values()]),
+        "normalized_tasks": sum(e["normalized"] is not None for e in tasks.values()),
+    }
+    report: dict[str, Any] = {
+        "format": REPORT_FORMAT,
+        "name": name,
+        "split": split,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "model": dict(model or {}),
+        "tasks": tasks,
+        "average": average,
+    }
+    report.update(extra or {})
+    return report
+
+
+def _fmt(value: float | None, percent: bool = True) -> str:
+    if value is None:
+        return "-"
+    return f"{100 * value:.2f}" if percent else f"{value:.4f}"
+
+
+def render_markdown(report: Mapping[str, Any]) -> str:
+    """One report as a Markdown table (metrics in %, normalized score as a ratio)."""
+    lines = [
+        f"# {report['name']} ({report['split']})",
+        "",
+        "| task | metric | model | expert | normalized |",
+        "|---|---|---|---|---|",
+    ]
+    for task, entry in report["tasks"].items():
+        for metric, value in entry["metrics"].items():
+            is_primary = metric == entry["primary_metric"]
+            lines.append(
+                f"| {task} | {metric}{' *' if is_primary else ''} | {_fmt(value)} | "
+                f"{_fmt(entry['expert'].get(metric))} | "
+                f"{_fmt(entry['normalized'], percent=False) if is_primary else ''} |"
+            )
+    avg = report["average"]
+    lines.append(
+        f"| **average** | primary | {_fmt(avg['score'])} | {_fmt(avg['expert_score'])} | "
+        f"{_fmt(avg['normalized'], percent=False)} |"
+    )
+    lines += ["", "`*` primary metric; normalized = model / expert on the primary metric."]
+    search = report.get("search")
+    if search:
+        lines += ["", "## Validation search", "", "| candidate | avg normalized (val) |", "|---|---|"]
+        for cand in search["candidates"]:
+            mark = " **(best)**" if cand["params"] == search["best"]["params"] else ""
+            lines.append(f"| `{json.dumps(cand['params'])}`{mark} | {_fmt(cand['score'], False)} |")
+    return "\n".join(lines) + "\n"
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    """Write through `write(tmp_path)` then rename, so a reader never sees a half-written file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _bar_chart(groups: list[str], series: dict[str, list[float | None]], title: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    width = 0.8 / max(len(series), 1)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(groups) * max(1, len(series)) ** 0.5), 4.0))
+    for i, (label, values) in enumerate(series.items()):
+        xs = [g + (i - (len(series) - 1) / 2) * width for g in range(len(groups))]
+        ax.bar(xs, [100 * v if v is not None else 0.0 for v in values], width, label=label)
+    ax.set_xticks(range(len(groups)), groups, rotation=30, ha="right")
+    ax.set_ylabel("primary metric (%)")
+    ax.set_title(title)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, format="png", dpi=100)
+    plt.close(fig)
+
+
+def write_report(report: Mapping[str, Any], out_dir: str | Path) -> dict[str, Path]:
+    """Write `report.json`, `report.md` and `report.png` into `out_dir` (each atomically).
+
+    Args:
+        report: a dictionary from `build_report` (or `combine_reports`).
+        out_dir: the run's output directory (created if missing).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {kind: out / f"report.{kind}" for kind in ("json", "md", "png")}
+    _atomic_write(paths["json"], lambda p: p.write_text(json.dumps(report, indent=2) + "\n"))
+    combined = report.get("format") == COMBINED_FORMAT
+    markdown = render_combined_markdown(report) if combined else render_markdown(report)
+    _atomic_write(paths["md"], lambda p: p.write_text(markdown))
+    if combined:
+        groups, series, title = _combined_series(report)
+    else:
+        groups = list(report["tasks"]) + ["average"]
+        entries = list(report["tasks"].values())
+        avg = report["average"]
+        series = {
+            report["name"]: [e["metrics"][e["primary_metric"]] for e in entries] + [avg["score"]],
+            "expert": [e["expert"].get(e["primary_metric"]) for e in entries] + [avg["expert_score"]],
+        }
+        title = f"{report['name']} ({report['split']}): avg normalized {_fmt(avg['normalized'], False)}"
+    _atomic_write(paths["png"], lambda p: _bar_chart(groups, series, title, p))
+    return paths
+
+
+def load_report(path: str | Path) -> dict[str, Any]:
+    """Read a run's `report.json` (`path` is the file or the run directory)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "report.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no report at {path}")
+    report = json.loads(path.read_text())
+    if report.get("format") != REPORT_FORMAT:
+        raise ValueError(f"{path}: not a neuroflow report (format {report.get('format')!r})")
+    return report
+
+
+def combine_reports(runs: list[str | Path]) -> dict[str, Any]:
+    """Combine several runs' reports into one table: a row per task, a column per run.
+
+    The expert column comes from the first run that has expert numbers for a task. Runs with the
+    same name get `#2`, `#3` suffixes.
+
+    Args:
+        runs: run directories (or `report.json` files), in column order.
+    """
+    if not runs:
+        raise ValueError("combine: give at least one run directory")
+    reports = [load_report(run) for run in runs]
+    names: list[str] = []
+    for report in reports:
+        name, n = report["name"], 2
+        while name in names:
+            name, n = f"{report['name']}#{n}", n + 1
+        names.append(name)
+    tasks = list(dict.fromkeys(t for r in reports for t in r["tasks"]))
+    rows: dict[str, Any] = {}
+    for task in tasks:
+        expert = next(
+            (r["tasks"][task]["expert"] for r in reports if task in r["tasks"] and r["tasks"][task]["expert"]),
+            {},
+        )
+        primary = next(r["tasks"][task]["primary_metric"] for r in reports if task in r["tasks"])
+        rows[task] = {
+            "primary_metric": primary,
+            "expert": expert.get(primary),
+            "runs": {
+                n: {"value": r["tasks"][task]["metrics"][primary], "normalized": r["tasks"][task]["normalized"]}
+                for n, r in zip(names, reports)
+                if task in r["tasks"]
+            },
+        }
+    averages = {
+        n: {"score": r["average"]["score"], "normalized": r["average"]["normalized"]}
+        for n, r in zip(names, reports)
+    }
+    return {
+        "format": COMBINED_FORMAT,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "runs": [{"name": n, "dir": str(Path(run)), "split": r["split"], "model": r["model"]}
+                 for n, run, r in zip(names, runs, reports)],
+        "tasks": rows,
+        "average": {"expert": _mean([row["expert"] for row in rows.values()]), "runs": averages},
+    }
+
+
+def render_combined_markdown(combined: Mapping[str, Any]) -> str:
+    """A combined report as a Markdown table: primary metric in %, normalized score in brackets."""
+    names = [run["name"] for run in combined["runs"]]
+    lines = [
+        "| task | metric | expert | " + " | ".join(names) + " |",
+        "|---|---|---|" + "---|" * len(names),
+    ]
+    for task, row in combined["tasks"].items():
+        cells = []
+        for n in names:
+            run = row["runs"].get(n)
+            cells.append("-" if run is None else f"{_fmt(run['value'])} ({_fmt(run['normalized'], False)})")
+        lines.append(f"| {task} | {row['primary_metric']} | {_fmt(row['expert'])} | " + " | ".join(cells) + " |")
+    avg = combined["average"]
+    cells = [f"{_fmt(avg['runs'][n]['score'])} ({_fmt(avg['runs'][n]['normalized'], False)})" for n in names]
+    lines.append(f"| **average** | | {_fmt(avg['expert'])} | " + " | ".join(cells) + " |")
+    lines += ["", "Primary metric in %; in brackets the normalized score (model / expert)."]
+    return "\n".join(lines) + "\n"
+
+
+def _combined_series(combined: Mapping[str, Any]) -> tuple[list[str], dict[str, list[float | None]], str]:
+    groups = list(combined["tasks"]) + ["average"]
+    series: dict[str, list[float | None]] = {
+        "expert": [row["expert"] for row in combined["tasks"].values()] + [combined["average"]["expert"]]
+    }
+    for run in combined["runs"]:
+        n = run["name"]
+        series[n] = [
+            row["runs"][n]["value"] if n in row["runs"] else None for row in combined["tasks"].values()
+        ] + [combined["average"]["runs"][n]["score"]]
+    return groups, series, "primary metric per task"
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """`python -m neuroflow.evaluation.report combine RUN [RUN ...] --out DIR`."""
+    parser = argparse.ArgumentParser(prog="python -m neuroflow.evaluation.report")
+    sub = parser.add_subparsers(dest="command", required=True)
+    combine = sub.add_parser("combine", help="combine several runs' reports into one table")
+    combine.add_argument("runs", nargs="+", help="run directories holding a report.json")
+    combine.add_argument("--out", required=True, help="directory for the combined report.{json,md,png}")
+    args = parser.parse_args(argv)
+    combined = combine_reports(args.runs)
+    write_report(combined, args.out)
+    print(render_combined_markdown(combined), end="")
+    return combined
+
+
+if __name__ == "__main__":
+    main()
