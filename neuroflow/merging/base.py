@@ -1,0 +1,65 @@
+"""`MergeMethod`: the interface every merge method implements.
+
+A method is configured by its constructor (the signature is the YAML schema; subclasses are found by
+`class_path`, so registering a method is importing it), may run statistics passes over the task
+vectors in `prepare`, and then returns the update `delta` of one tensor at a time in
+`merge_tensor`. The engine adds `delta` to the base and casts back to the base dtype.
+"""
+
+from __future__ import annotations
+
+import inspect
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+from torch import Tensor
+
+from neuroflow.merging.routing import Route
+from neuroflow.merging.task_vectors import TaskVectors
+
+
+class MergeMethod(ABC):
+    """Base class of the merge methods (subclass it and refer to it by `class_path`).
+
+    Subclasses set `name`, store every constructor argument under an attribute of the same name
+    (that is what `hparams()` reports for merge cards), implement `merge_tensor`, and override
+    `prepare` when they need statistics over the whole model first.
+    """
+
+    name: ClassVar[str] = "merge_method"
+
+    def hparams(self) -> dict[str, Any]:
+        """The constructor arguments, as recorded in merge cards."""
+        params = inspect.signature(type(self).__init__).parameters
+        return {
+            key: getattr(self, key)
+            for key, p in params.items()
+            if key != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and hasattr(self, key)
+        }
+
+    def prepare(self, task_vectors: TaskVectors) -> dict[str, Any]:
+        """Statistics gathered in passes over all merged tensors before merging any of them.
+
+        Args:
+            task_vectors: streamed access to the task vectors of every merged tensor.
+
+        Returns:
+            a dict handed to every `merge_tensor` call and reported (JSON-friendly view) in the info.
+        """
+        return {}
+
+    @abstractmethod
+    def merge_tensor(self, name: str, base: Tensor, task_vectors: Tensor, route: Route, stats: dict[str, Any]) -> Tensor:
+        """The update `delta` of one tensor (`theta = theta_0 + delta`).
+
+        Args:
+            name: the tensor's name (e.g. for seeding).
+            base: `theta_0[name]` in the compute dtype.
+            task_vectors: the stacked task vectors, shape `(T, *base.shape)`, compute dtype.
+            route: how the tensor is routed ("neuron" with its axis, or "point").
+            stats: what `prepare` returned.
+        """
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.hparams().items())
+        return f"{type(self).__name__}({args})"

@@ -1,0 +1,163 @@
+"""Where the experts come from: a small read interface, in memory or lazily from safetensors.
+
+The merge engine only ever asks for one tensor of one expert at a time (`get(i, name)`), so experts
+can live on disk and be read tensor by tensor: peak memory stays O(T x largest tensor) instead of
+O(T x model). `DictExperts` wraps any mappings (plain dicts, or `SafetensorsFile`, a lazy mapping over
+`safe_open`); `SafetensorsExperts` is the on-disk collection.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+class ExpertSource(ABC):
+    """Read access to T experts, one tensor at a time.
+
+    `get(i, name)` returns what expert `i` stores under `name`: its fine-tuned weights
+    (`theta_i`), or its task vector (`theta_i - theta_0`) when `task_vectors` is True.
+    """
+
+    task_vectors: bool = False
+
+    @abstractmethod
+    def __len__(self) -> int: ...
+
+    @abstractmethod
+    def keys(self, i: int) -> list[str]:
+        """Tensor names stored by expert `i`."""
+
+    @abstractmethod
+    def get(self, i: int, name: str) -> Tensor:
+        """Tensor `name` of expert `i` (raises KeyError when absent)."""
+
+    def meta(self, i: int, name: str) -> tuple[tuple[int, ...], torch.dtype]:
+        """Shape and dtype of tensor `name` of expert `i`; override to avoid reading the data."""
+        tensor = self.get(i, name)
+        return tuple(tensor.shape), tensor.dtype
+
+    def describe(self, i: int) -> str:
+        """How errors name expert `i`."""
+        return f"expert {i}"
+
+    def task_vector(self, i: int, name: str, base: Tensor, dtype: torch.dtype) -> Tensor:
+        """`theta_i - theta_0` for tensor `name`, computed in `dtype`.
+
+        Args:
+            i: expert index.
+            name: tensor name.
+            base: the pre-trained tensor `theta_0[name]`.
+            dtype: computation dtype (float32 or float64).
+        """
+        stored = self.get(i, name).to(dtype)
+        return stored if self.task_vectors else stored - base.to(dtype)
+
+
+class SafetensorsFile(Mapping[str, Tensor]):
+    """A read-only mapping over a safetensors file that reads each tensor only when indexed.
+
+    Args:
+        path: the `.safetensors` file.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        from safetensors import safe_open
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"safetensors file not found: {self.path}")
+        self._file = safe_open(str(self.path), framework="pt")
+        self._keys = list(self._file.keys())
+
+    def __getitem__(self, name: str) -> Tensor:
+        if name not in self._keys:
+            raise KeyError(name)
+        return self._file.get_tensor(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._keys
+
+    def meta(self, name: str) -> tuple[tuple[int, ...], torch.dtype]:
+        """Shape and dtype from the file header, without reading the tensor."""
+        view = self._file.get_slice(name)
+        code = view.get_dtype()
+        if code not in _SAFETENSORS_DTYPES:
+            raise ValueError(f"{self.path}: tensor {name!r} has unsupported dtype {code}")
+        return tuple(view.get_shape()), _SAFETENSORS_DTYPES[code]
+
+
+class DictExperts(ExpertSource):
+    """Experts held as mappings name -> tensor (dicts, or lazy `SafetensorsFile`s).
+
+    Args:
+        experts: one mapping per expert.
+        task_vectors: the mappings hold task vectors instead of fine-tuned weights.
+        names: how errors name each expert (e.g. its task or file); default "expert <i>".
+    """
+
+    def __init__(
+        self,
+        experts: Sequence[Mapping[str, Tensor]],
+        task_vectors: bool = False,
+        names: Sequence[str] | None = None,
+    ) -> None:
+        self.experts = list(experts)
+        self.task_vectors = task_vectors
+        if names is not None and len(names) != len(self.experts):
+            raise ValueError(f"got {len(names)} expert names for {len(self.experts)} experts")
+        self.names = list(names) if names is not None else None
+
+    def __len__(self) -> int:
+        return len(self.experts)
+
+    def keys(self, i: int) -> list[str]:
+        return list(self.experts[i].keys())
+
+    def get(self, i: int, name: str) -> Tensor:
+        return self.experts[i][name]
+
+    def meta(self, i: int, name: str) -> tuple[tuple[int, ...], torch.dtype]:
+        expert = self.experts[i]
+        if isinstance(expert, SafetensorsFile):
+            return expert.meta(name)
+        return super().meta(i, name)
+
+    def describe(self, i: int) -> str:
+        return f"expert {i}" + (f" ({self.names[i]})" if self.names else "")
+
+
+class SafetensorsExperts(DictExperts):
+    """Experts stored one safetensors file each, read lazily tensor by tensor.
+
+    Args:
+        paths: one `.safetensors` file per expert (fine-tuned weights, or task vectors).
+        task_vectors: the files hold task vectors (`theta_t - theta_0`) instead of weights.
+    """
+
+    def __init__(self, paths: Sequence[str | Path], task_vectors: bool = False) -> None:
+        files = [SafetensorsFile(p) for p in paths]
+        super().__init__(files, task_vectors=task_vectors, names=[str(p) for p in paths])

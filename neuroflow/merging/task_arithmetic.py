@@ -1,0 +1,26 @@
+"""Task Arithmetic (Ilharco et al., ICLR 2023): add the scaled sum of the task vectors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor
+
+from neuroflow.merging.base import MergeMethod
+from neuroflow.merging.routing import Route
+
+
+class TaskArithmetic(MergeMethod):
+    """Task Arithmetic: `theta = theta_0 + scaling * sum_t tau_t`.
+
+    Args:
+        scaling: coefficient applied to the summed task vectors (0.3 is the usual choice without validation).
+    """
+
+    name = "task_arithmetic"
+
+    def __init__(self, scaling: float = 0.3) -> None:
+        self.scaling = float(scaling)
+
+    def merge_tensor(self, name: str, base: Tensor, task_vectors: Tensor, route: Route, stats: dict[str, Any]) -> Tensor:
+        return self.scaling * task_vectors.sum(dim=0)

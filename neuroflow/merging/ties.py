@@ -1,0 +1,47 @@
+"""TIES-Merging (Yadav et al., NeurIPS 2023): trim, elect sign, disjoint mean, scale."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from torch import Tensor
+
+from neuroflow.merging.base import MergeMethod
+from neuroflow.merging.routing import Route
+from neuroflow.merging.steps import tensor_threshold, ties_merge, trim_tasks_
+from neuroflow.merging.task_vectors import TaskVectors
+
+
+class TIES(MergeMethod):
+    """TIES-Merging: keep each task's largest-magnitude entries, elect a sign per entry by summed
+    mass, average the entries that agree with it, then scale.
+
+    Args:
+        mask_rate: fraction of each task vector's entries dropped by magnitude (0.8 keeps the top 20%).
+        scope: where the magnitude threshold is taken: "global" over all merged tensors of a task
+            (as in the TIES paper) or "tensor" (per tensor).
+        scaling: coefficient applied to the merged task vector.
+    """
+
+    name = "ties"
+
+    def __init__(self, mask_rate: float = 0.8, scope: Literal["global", "tensor"] = "global", scaling: float = 1.0) -> None:
+        if not 0.0 <= mask_rate <= 1.0:
+            raise ValueError(f"TIES: mask_rate must be in [0, 1], got {mask_rate}")
+        if scope not in ("global", "tensor"):
+            raise ValueError(f"TIES: scope must be 'global' or 'tensor', got {scope!r}")
+        self.mask_rate = float(mask_rate)
+        self.scope = scope
+        self.scaling = float(scaling)
+
+    def prepare(self, task_vectors: TaskVectors) -> dict[str, Any]:
+        if self.scope == "global":
+            return {"trim": task_vectors.trim_statistics(self.mask_rate)}
+        return {}
+
+    def merge_tensor(self, name: str, base: Tensor, task_vectors: Tensor, route: Route, stats: dict[str, Any]) -> Tensor:
+        if self.scope == "global":
+            thresholds = stats["trim"].thresholds
+        else:
+            thresholds = [tensor_threshold(tv, self.mask_rate) for tv in task_vectors]
+        return self.scaling * ties_merge(trim_tasks_(task_vectors, thresholds))
