@@ -24,6 +24,13 @@ class NeuroflowCLI(LightningCLI):
 
 
 def main(args: list[str] | None = None) -> None:
+    args = list(args if args is not None else sys.argv[1:])
+    if args and args[0] == "run":
+        # Recipes are a layer above LightningCLI: one command that runs fit/merge/test configs.
+        from neuroflow.pipeline.command import main as run_main
+
+        run_main(args[1:])
+        return
     NeuroflowCLI(
         model_class=None,
         datamodule_class=None,
@@ -32,6 +39,6 @@ def main(args: list[str] | None = None) -> None:
         subclass_mode_data=True,
         parser_kwargs={"parser_mode": "omegaconf"},
         save_config_kwargs={"overwrite": True},
-        args=args if args is not None else sys.argv[1:],
+        args=args,
         auto_configure_optimizers=False,
     )

@@ -1,0 +1,287 @@
+"""From a recipe to the list of CLI runs (`fit`, `merge`, `test`) that carry it out.
+
+Every stage is a complete LightningCLI config written to `<output_dir>/configs/<stage>.yaml`, so
+each step of a pipeline can be rerun by hand (`python -m neuroflow fit --config ...`), on a laptop
+or by the SLURM scripts, and nothing here re-implements training, merging or evaluation.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from neuroflow.pipeline.recipe import Recipe, RecipeError, Training
+
+# The classes a stage config instantiates (all selected by class_path, as a user would).
+MODULE_CLASS = "neuroflow.models.MultiTaskModule"
+DATA_CLASS = "neuroflow.data.MultiTaskDataModule"
+COLLECTOR_CLASS = "neuroflow.callbacks.ExpertCollector"
+CHECKPOINT_CLASS = "lightning.pytorch.callbacks.ModelCheckpoint"
+MERGE_CLASS = "neuroflow.evaluation.MergeModule"
+PRETRAINED_CLASS = "neuroflow.evaluation.PretrainedModule"
+EXPERTS_CLASS = "neuroflow.evaluation.ExpertsModule"
+MULTITASK_ROW = "multitask"
+
+
+@dataclass
+class Stage:
+    """One CLI run of the pipeline.
+
+    Args:
+        name: unique id, also the config file's stem (`fit_sst2`, `merge_ties`, `test_pretrained`).
+        command: the neuroflow subcommand (`fit`, `merge`, `test`).
+        config: the complete config (what `--config` receives).
+        kind: `expert`, `multitask`, `merge` or `baseline` (what the runner checks to skip it).
+        task: the task an expert fit trains.
+        row: the row this stage adds to the combined report.
+        report_dir: where the stage's `report.json` lands.
+        extra_args: CLI arguments after `--config` (e.g. `--ckpt_path`).
+    """
+
+    name: str
+    command: str
+    config: dict[str, Any]
+    kind: str
+    task: str | None = None
+    row: str | None = None
+    report_dir: Path | None = None
+    extra_args: list[str] = field(default_factory=list)
+
+    def config_hash(self) -> str:
+        blob = json.dumps([self.command, self.config, self.extra_args], sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in (extra or {}).items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _drop_nones(source: dict[str, Any]) -> dict[str, Any]:
+    # An override sets a source key to null to remove it (e.g. a hub config name when a local csv
+    # replaces the hub dataset).
+    return {k: v for k, v in source.items() if v is not None}
+
+
+def resolve_task_specs(recipe: Recipe) -> dict[str, dict[str, Any]]:
+    """Complete, validated TaskSpec dicts for every task of the recipe, in order.
+
+    A task whose entry has `kind` or `label_names` is taken as a full spec; otherwise the entry
+    (optionally with `task: <built-in name>`) overrides fields of the built-in task of that name.
+    Caps: the built-in's, then the recipe's `caps`, then the entry's own `max_examples`.
+
+    Raises:
+        RecipeError: an unknown task or an invalid spec, naming the recipe and the task.
+    """
+    from neuroflow.data import TaskSpec, resolve_task
+
+    where = recipe.source_path or "<recipe>"
+    specs: dict[str, dict[str, Any]] = {}
+    for name, entry in recipe.tasks.items():
+        entry = copy.deepcopy(entry)
+        own_caps = entry.pop("max_examples", None) or {}
+        try:
+            if "kind" in entry or "label_names" in entry:
+                data = {"name": name, **entry}
+            else:
+                builtin = resolve_task(entry.pop("task", name), task_dirs=recipe.task_dirs or None)
+                data = builtin.to_dict()
+                source = entry.pop("source", None)
+                if source is not None:
+                    # A new source replaces the built-in's wholesale: keys of a hub source make
+                    # no sense for a local file and vice versa.
+                    data["source"] = dict(source)
+                data = _deep_merge(data, entry)
+                data["name"] = name
+            data["source"] = _drop_nones(dict(data.get("source") or {}))
+            data["max_examples"] = {**(data.get("max_examples") or {}), **recipe.caps, **own_caps}
+            spec = TaskSpec.from_dict(data, origin=f"{where}: tasks.{name}")
+        except ValueError as err:
+            raise RecipeError(f"{where}: tasks.{name}: {err}") from err
+        specs[name] = spec.to_dict()
+    return specs
+
+
+def _primary(spec: dict[str, Any]) -> str:
+    return spec["metrics"][0]
+
+
+class Planner:
+    """Builds the stage configs of a recipe.
+
+    Args:
+        recipe: the checked recipe.
+        specs: resolved task specs (`resolve_task_specs(recipe)`).
+    """
+
+    def __init__(self, recipe: Recipe, specs: dict[str, dict[str, Any]]) -> None:
+        self.recipe = recipe
+        self.specs = specs
+        self.out = Path(recipe.output_dir)
+
+    # -- paths -------------------------------------------------------------------------------
+    @property
+    def experts_dir(self) -> Path:
+        return self.out / "experts"
+
+    @property
+    def config_dir(self) -> Path:
+        return self.out / "configs"
+
+    def fit_dir(self, name: str) -> Path:
+        return self.out / "fit" / name
+
+    @property
+    def multitask_experts_dir(self) -> Path:
+        # The joint model is collected like an expert (one entry per task, same backbone), so the
+        # experts' test path can score it; it lives apart so merges never pick it up.
+        return self.out / "multitask" / "experts"
+
+    def eval_dir(self, row: str) -> Path:
+        return self.out / "eval" / row
+
+    # -- pieces ------------------------------------------------------------------------------
+    def _data(self, tasks: list[str], extra: dict[str, Any]) -> dict[str, Any]:
+        init = {
+            "tasks": [copy.deepcopy(self.specs[t]) for t in tasks],
+            "tokenizer": self.recipe.backbone,
+            "seed": self.recipe.seed,
+        }
+        if self.recipe.data_dir:
+            init["data_dir"] = self.recipe.data_dir
+        if self.recipe.task_dirs:
+            init["task_dirs"] = list(self.recipe.task_dirs)
+        return {"class_path": DATA_CLASS, "init_args": _deep_merge(init, extra)}
+
+    def _fit(self, name: str, tasks: list[str], training: Training, experts_dir: Path) -> dict[str, Any]:
+        model_init: dict[str, Any] = {"backbone": self.recipe.backbone, "family": self.recipe.family}
+        if training.mode == "lora":
+            model_init["lora"] = copy.deepcopy(training.lora)
+        monitor = "val/avg/score" if len(tasks) > 1 else f"val/{tasks[0]}/{_primary(self.specs[tasks[0]])}"
+        fit_dir = self.fit_dir(name)
+        trainer = {
+            "max_epochs": training.max_epochs,
+            "max_steps": training.max_steps,
+            "default_root_dir": str(fit_dir),
+            "logger": {
+                "class_path": "lightning.pytorch.loggers.CSVLogger",
+                "init_args": {"save_dir": str(fit_dir), "name": "logs"},
+            },
+            "callbacks": [
+                {
+                    "class_path": CHECKPOINT_CLASS,
+                    "init_args": {
+                        "dirpath": str(fit_dir / "checkpoints"),
+                        "monitor": monitor,
+                        "mode": "max",
+                        "save_top_k": 1,
+                        "save_last": True,
+                    },
+                },
+                {
+                    "class_path": COLLECTOR_CLASS,
+                    "init_args": {
+                        "experts_dir": str(experts_dir),
+                        "monitor": monitor,
+                        "mode": "max",
+                        "save_format": training.save_format,
+                    },
+                },
+            ],
+        }
+        return {
+            "seed_everything": self.recipe.seed,
+            "trainer": _deep_merge(trainer, training.trainer),
+            "model": {"class_path": MODULE_CLASS, "init_args": _deep_merge(model_init, training.model)},
+            "data": self._data(tasks, training.data),
+        }
+
+    def _eval_trainer(self, row: str) -> dict[str, Any]:
+        trainer = {"default_root_dir": str(self.eval_dir(row)), "logger": False}
+        return _deep_merge(trainer, self.recipe.evaluation.trainer)
+
+    def _eval_config(self, row: str, model: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "seed_everything": self.recipe.seed,
+            "trainer": self._eval_trainer(row),
+            "model": model,
+            "data": self._data(self.recipe.task_names, self.recipe.evaluation.data),
+        }
+
+    # -- stages ------------------------------------------------------------------------------
+    def expert_stages(self) -> list[Stage]:
+        return [
+            Stage(f"fit_{task}", "fit", self._fit(task, [task], self.recipe.training, self.experts_dir),
+                  kind="expert", task=task)
+            for task in self.recipe.task_names
+        ]
+
+    def multitask_stages(self) -> list[Stage]:
+        if not self.recipe.multitask.enabled:
+            return []
+        training = self.recipe.multitask_training()
+        fit = Stage(f"fit_{MULTITASK_ROW}", "fit",
+                    self._fit(MULTITASK_ROW, self.recipe.task_names, training, self.multitask_experts_dir),
+                    kind="multitask")
+        test = self._experts_test(MULTITASK_ROW, self.multitask_experts_dir)
+        return [fit, test]
+
+    def _experts_test(self, row: str, experts_dir: Path) -> Stage:
+        model = {"class_path": EXPERTS_CLASS,
+                 "init_args": {"experts_dir": str(experts_dir), "output_dir": str(self.eval_dir(row)),
+                               "name": row, "reference_experts_dir": str(self.experts_dir)}}
+        return Stage(f"test_{row}", "test", self._eval_config(row, model), kind="baseline",
+                     row=row, report_dir=self.eval_dir(row))
+
+    def baseline_stages(self) -> list[Stage]:
+        stages = []
+        if self.recipe.baselines.pretrained:
+            row = "pretrained"
+            model = {"class_path": PRETRAINED_CLASS,
+                     "init_args": {"experts_dir": str(self.experts_dir), "output_dir": str(self.eval_dir(row)),
+                                   "name": row}}
+            stages.append(Stage(f"test_{row}", "test", self._eval_config(row, model), kind="baseline",
+                                row=row, report_dir=self.eval_dir(row)))
+        if self.recipe.baselines.individual:
+            row = "individual"
+            model = {"class_path": EXPERTS_CLASS,
+                     "init_args": {"experts_dir": str(self.experts_dir), "output_dir": str(self.eval_dir(row)),
+                                   "name": row}}
+            stages.append(Stage(f"test_{row}", "test", self._eval_config(row, model), kind="baseline",
+                                row=row, report_dir=self.eval_dir(row)))
+        return stages
+
+    def merge_stages(self) -> list[Stage]:
+        stages = []
+        for run in self.recipe.merges:
+            out = self.out / "merged" / run.name
+            init = {"experts_dir": str(self.experts_dir), "method": copy.deepcopy(run.method),
+                    "output_dir": str(out), "name": run.name}
+            if run.search:
+                init["search"] = copy.deepcopy(run.search)
+            model = {"class_path": MERGE_CLASS, "init_args": _deep_merge(init, run.merge)}
+            config = self._eval_config(run.name, model)
+            config["trainer"]["default_root_dir"] = str(out)
+            stages.append(Stage(f"merge_{run.name}", "merge", config, kind="merge", row=run.name,
+                                report_dir=out))
+        return stages
+
+    def stages(self) -> list[Stage]:
+        """Every stage in run order: experts, joint model, baselines, merges."""
+        return self.expert_stages() + self.multitask_stages() + self.baseline_stages() + self.merge_stages()
+
+
+def plan_recipe(recipe: Recipe) -> Planner:
+    """Resolve the recipe's tasks and return its planner (raises `RecipeError` early)."""
+    if not recipe.tasks:
+        raise RecipeError(f"{recipe.source_path}: no tasks")
+    return Planner(recipe, resolve_task_specs(recipe))

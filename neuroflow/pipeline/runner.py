@@ -1,0 +1,270 @@
+"""`python -m neuroflow run <recipe.yaml>`: fit every expert, merge with every method, test, report.
+
+The runner only orchestrates: each stage is a `python -m neuroflow fit|merge|test` run of a config
+the planner wrote. It keeps `pipeline_state.json` (config hash, wall time, experts it saw) so a
+rerun skips the experts already in the manifest (unless `force`) and the evaluations whose config
+and experts have not changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from neuroflow.pipeline.launch import LAUNCHERS, StageFailed, write_config
+from neuroflow.pipeline.plan import MULTITASK_ROW, Planner, Stage, plan_recipe
+from neuroflow.pipeline.recipe import Recipe, recipe_to_dict
+from neuroflow.pipeline.table import render_rows_table
+
+STATE_FILE = "pipeline_state.json"
+STAGE_GROUPS = ("fit", "multitask", "baselines", "merge", "report")
+
+
+def _atomic_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as handle:
+        json.dump(data, handle, indent=2, default=str)
+        handle.write("\n")
+    os.replace(tmp, path)
+
+
+def manifest_entries(experts_dir: Path) -> dict[str, dict[str, Any]]:
+    """Task -> expert entry of an experts directory (empty when it has none yet)."""
+    if not experts_dir.is_dir():
+        return {}
+    from neuroflow.experts import load_manifest
+
+    entries = load_manifest(experts_dir)
+    if isinstance(entries, dict):
+        entries = entries.get("experts", entries)
+        if isinstance(entries, dict):
+            return {str(k): dict(v) for k, v in entries.items()}
+    return {str(e["task"]): dict(e) for e in entries}
+
+
+def experts_signature(experts_dir: Path) -> str:
+    """Changes whenever an expert is added or retrained (used to invalidate evaluations)."""
+    entries = manifest_entries(experts_dir)
+    blob = json.dumps({t: [e.get("created_at"), e.get("base_fingerprint")] for t, e in sorted(entries.items())})
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version(), "platform": platform.platform()}
+    for pkg in ("neuroflow", "torch", "lightning", "transformers", "peft", "datasets", "torchmetrics"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+class PipelineRunner:
+    """Runs a recipe's stages in order and assembles the combined report.
+
+    Args:
+        recipe: the checked recipe.
+        force: retrain experts (and the joint model) that are already collected, and rerun every
+            evaluation.
+        only: stage groups to run (`fit`, `multitask`, `baselines`, `merge`, `report`); all by default.
+        launcher: `inprocess` or `subprocess` (default: the recipe's), or a callable for tests.
+        echo: where progress lines and the final table go.
+    """
+
+    def __init__(
+        self,
+        recipe: Recipe,
+        force: bool = False,
+        only: list[str] | None = None,
+        launcher: str | Callable[..., None] | None = None,
+        echo: Callable[[str], None] = print,
+    ) -> None:
+        bad = [g for g in only or [] if g not in STAGE_GROUPS]
+        if bad:
+            raise ValueError(f"--only: unknown stage group(s) {bad}; choose from {list(STAGE_GROUPS)}")
+        self.recipe = recipe
+        self.force = force
+        self.only = set(only or STAGE_GROUPS)
+        name = launcher or recipe.launcher
+        self.launch = LAUNCHERS[name] if isinstance(name, str) else name
+        self.echo = echo
+        self.planner: Planner = plan_recipe(recipe)
+        self.out = Path(recipe.output_dir)
+        self.state_path = self.out / STATE_FILE
+        self.state: dict[str, Any] = self._load_state()
+
+    # -- state ---------------------------------------------------------------------------------
+    def _load_state(self) -> dict[str, Any]:
+        if self.state_path.is_file():
+            try:
+                return json.loads(self.state_path.read_text())
+            except json.JSONDecodeError:
+                self.echo(f"[neuroflow run] {self.state_path} is unreadable; starting a fresh state")
+        return {"stages": {}}
+
+    def _save_state(self) -> None:
+        _atomic_json(self.state_path, self.state)
+
+    # -- skipping ------------------------------------------------------------------------------
+    def _skip_reason(self, stage: Stage) -> str | None:
+        if self.force:
+            return None
+        previous = self.state["stages"].get(stage.name, {})
+        if stage.kind == "expert":
+            if stage.task in manifest_entries(self.planner.experts_dir):
+                if previous.get("config_hash") not in (None, stage.config_hash()):
+                    self.echo(f"[neuroflow run] note: {stage.name}'s config changed since its expert was "
+                              f"trained; keeping the expert (use --force to retrain)")
+                return "expert already in the manifest"
+            return None
+        if stage.kind == "multitask":
+            have = manifest_entries(self.planner.multitask_experts_dir)
+            return "joint model already collected" if set(self.recipe.task_names) <= set(have) else None
+        done = (
+            previous.get("status") == "done"
+            and previous.get("config_hash") == stage.config_hash()
+            and previous.get("experts") == self._experts_key(stage)
+            and stage.report_dir is not None
+            and (stage.report_dir / "report.json").is_file()
+        )
+        return "up to date (same config and experts)" if done else None
+
+    def _experts_key(self, stage: Stage) -> str:
+        key = experts_signature(self.planner.experts_dir)
+        if stage.row == MULTITASK_ROW:
+            key += experts_signature(self.planner.multitask_experts_dir)
+        return key
+
+    def _group(self, stage: Stage) -> str:
+        return {"expert": "fit", "multitask": "multitask", "baseline": "baselines", "merge": "merge"}[stage.kind]
+
+    # -- running -------------------------------------------------------------------------------
+    def _check_experts_ready(self) -> None:
+        have = manifest_entries(self.planner.experts_dir)
+        missing = [t for t in self.recipe.task_names if t not in have]
+        if missing:
+            raise StageFailed(
+                f"experts dir {self.planner.experts_dir} lacks experts for {missing}; run the fit stage "
+                f"first (`python -m neuroflow run {self.recipe.source_path} --only fit`)"
+            )
+
+    def run_stage(self, stage: Stage) -> dict[str, Any]:
+        """Write the stage's config and run it (or skip it); returns its state record."""
+        config_path = write_config(stage, self.planner.config_dir)
+        reason = self._skip_reason(stage)
+        if reason:
+            self.echo(f"[neuroflow run] skip {stage.name}: {reason}")
+            record = self.state["stages"].setdefault(stage.name, {})
+            record.setdefault("status", "done")
+            record["skipped_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            return record
+        if stage.kind in ("baseline", "merge"):
+            self._check_experts_ready()
+        self.echo(f"[neuroflow run] {stage.name}: python -m neuroflow {stage.command} --config {config_path}")
+        started = time.perf_counter()
+        self.state["stages"][stage.name] = {"status": "running", "config": str(config_path),
+                                            "config_hash": stage.config_hash()}
+        self._save_state()
+        try:
+            self.launch(stage, config_path, self.out / "logs" / f"{stage.name}.log")
+        except BaseException:
+            self.state["stages"][stage.name]["status"] = "failed"
+            self.state["stages"][stage.name]["wall_s"] = round(time.perf_counter() - started, 2)
+            self._save_state()
+            raise
+        record = {
+            "status": "done",
+            "config": str(config_path),
+            "config_hash": stage.config_hash(),
+            "wall_s": round(time.perf_counter() - started, 2),
+            "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        if stage.kind in ("baseline", "merge"):
+            record["experts"] = self._experts_key(stage)
+        self.state["stages"][stage.name] = record
+        self._save_state()
+        self.echo(f"[neuroflow run] {stage.name} done in {record['wall_s']:.1f}s")
+        return record
+
+    def run(self) -> dict[str, Any] | None:
+        """Run every selected stage, then write and print the combined report."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.state["recipe"] = recipe_to_dict(self.recipe)
+        self.state["versions"] = _versions()
+        with open(self.out / "recipe.resolved.yaml", "w") as handle:
+            yaml.safe_dump(recipe_to_dict(self.recipe), handle, sort_keys=False)
+        _atomic_json(self.out / "task_specs.json", self.planner.specs)
+        started = time.perf_counter()
+        for stage in self.planner.stages():
+            if self._group(stage) in self.only:
+                self.run_stage(stage)
+            else:
+                write_config(stage, self.planner.config_dir)
+        self.state["last_run_wall_s"] = round(time.perf_counter() - started, 2)
+        self._save_state()
+        if "report" not in self.only:
+            return None
+        return self.report()
+
+    # -- report --------------------------------------------------------------------------------
+    def rows(self) -> list[tuple[str, Path]]:
+        """(row name, run dir) of every evaluated row whose report exists, in table order."""
+        out = []
+        for stage in self.planner.stages():
+            if stage.row and stage.report_dir and (stage.report_dir / "report.json").is_file():
+                out.append((stage.row, stage.report_dir))
+        return out
+
+    def report(self) -> dict[str, Any] | None:
+        """Combine the rows' reports into `<output_dir>/report.{json,md,png}` and print the table."""
+        from neuroflow.evaluation.report import combine_reports, write_report
+
+        rows = self.rows()
+        if not rows:
+            self.echo("[neuroflow run] no evaluated rows yet; nothing to report")
+            return None
+        combined = combine_reports([d for _, d in rows])
+        combined["pipeline"] = {
+            "recipe": self.recipe.source_path,
+            "seed": self.recipe.seed,
+            "versions": self.state.get("versions", _versions()),
+            "stages": {k: {f: v.get(f) for f in ("status", "wall_s", "finished_at")}
+                       for k, v in self.state["stages"].items()},
+        }
+        write_report(combined, self.out)
+        table = render_rows_table(combined, title=f"{self.recipe.name}: test split")
+        timings = self.timings_table()
+        (self.out / "summary.md").write_text(table + "\n" + timings)
+        self.echo("\n" + table)
+        self.echo(timings)
+        self.echo(f"[neuroflow run] report: {self.out / 'report.md'} (+ .json, .png), summary: "
+                  f"{self.out / 'summary.md'}")
+        return combined
+
+    def timings_table(self) -> str:
+        lines = ["| stage | wall time (s) | status |", "|---|---|---|"]
+        total = 0.0
+        for name, rec in self.state["stages"].items():
+            wall = rec.get("wall_s")
+            total += wall or 0.0
+            lines.append(f"| {name} | {wall if wall is not None else '-'} | {rec.get('status', '-')} |")
+        lines.append(f"| **total** | {round(total, 1)} | |")
+        return "\n".join(lines) + "\n"
+
+
+def run_recipe(recipe: Recipe, force: bool = False, only: list[str] | None = None,
+               launcher: str | Callable[..., None] | None = None) -> dict[str, Any] | None:
+    """Run a recipe end to end (see `PipelineRunner`)."""
+    return PipelineRunner(recipe, force=force, only=only, launcher=launcher).run()
