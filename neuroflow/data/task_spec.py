@@ -174,6 +174,13 @@ class TaskSpec:
                 raise ValueError(f"{where}: `input_template` must contain '{{text}}': {self.input_template!r}")
             if "{text_pair}" in self.input_template and not self.text_pair_column:
                 raise ValueError(f"{where}: `input_template` uses {{text_pair}} but `text_pair_column` is not set")
+            try:
+                self.input_template.format(text="", text_pair="")
+            except (KeyError, IndexError, ValueError) as err:
+                raise ValueError(
+                    f"{where}: `input_template` {self.input_template!r} may only use the fields "
+                    f"{{text}} and {{text_pair}} (write literal braces as {{{{ }}}}): {err!r}"
+                ) from err
 
     def to_dict(self) -> dict[str, Any]:
         """A plain, JSON-serializable dict (what `expert.json` stores)."""
