@@ -78,6 +78,7 @@ def resolve_task_specs(recipe: Recipe) -> dict[str, dict[str, Any]]:
     A task whose entry has `kind` or `label_names` is taken as a full spec; otherwise the entry
     (optionally with `task: <built-in name>`) overrides fields of the built-in task of that name.
     Caps: the built-in's, then the recipe's `caps`, then the entry's own `max_examples`.
+    `num_labels: N` (recipe-only shorthand) stands for `label_names: ["0", ..., "N-1"]`.
 
     Raises:
         RecipeError: an unknown task or an invalid spec, naming the recipe and the task.
@@ -89,6 +90,11 @@ def resolve_task_specs(recipe: Recipe) -> dict[str, dict[str, Any]]:
     for name, entry in recipe.tasks.items():
         entry = copy.deepcopy(entry)
         own_caps = entry.pop("max_examples", None) or {}
+        num_labels = entry.pop("num_labels", None)
+        if num_labels is not None and "label_names" not in entry:
+            # Shorthand for datasets with hundreds of classes (SUN397, Cars): the names are the
+            # class indices of the source's label column, in order.
+            entry["label_names"] = [str(i) for i in range(int(num_labels))]
         try:
             if "kind" in entry or "label_names" in entry:
                 data = {"name": name, **entry}
@@ -151,11 +157,13 @@ class Planner:
 
     # -- pieces ------------------------------------------------------------------------------
     def _data(self, tasks: list[str], extra: dict[str, Any]) -> dict[str, Any]:
-        init = {
-            "tasks": [copy.deepcopy(self.specs[t]) for t in tasks],
-            "tokenizer": self.recipe.backbone,
-            "seed": self.recipe.seed,
-        }
+        init: dict[str, Any] = {"tasks": [copy.deepcopy(self.specs[t]) for t in tasks]}
+        # Inputs are prepared by the backbone's own tokenizer, or its image processor for vision.
+        if all(self.specs[t]["kind"] == "image_classification" for t in tasks):
+            init["image_processor"] = self.recipe.backbone
+        else:
+            init["tokenizer"] = self.recipe.backbone
+        init["seed"] = self.recipe.seed
         if self.recipe.data_dir:
             init["data_dir"] = self.recipe.data_dir
         if self.recipe.task_dirs:
