@@ -43,7 +43,7 @@ def map_labels(values: Sequence[Any] | np.ndarray, spec: TaskSpec, where: str) -
         idx = arr.astype(np.int64) - spec.label_offset
         bad = (idx < 0) | (idx >= len(names))
         if bad.any():
-            first = arr[np.argmax(bad)]
+            first = arr[np.argmax(bad)].item()
             raise ValueError(_outside(first, spec, where, int(bad.sum())))
         return idx
 
