@@ -289,12 +289,45 @@ def _check(recipe: Recipe) -> None:
                 raise RecipeError(f"{where}: merges[{i}] ({run.name}).search.{param} must be a non-empty list")
 
 
+def _load_with_bases(path: Path, chain: list[Path]) -> Any:
+    """Load a recipe file, first loading the recipe it `extends` (a path relative to it)."""
+    if not path.is_file():
+        raise RecipeError(f"recipe file not found: {path}" + (f" (extended by {chain[-1]})" if chain else ""))
+    if path.resolve() in chain:
+        raise RecipeError(f"{path}: `extends` loops through {[str(p) for p in chain]}")
+    where = str(path)
+    try:
+        conf = OmegaConf.load(path)
+    except Exception as err:  # yaml errors carry the line number
+        raise RecipeError(f"{where}: cannot parse YAML: {err}") from err
+    if not OmegaConf.is_dict(conf):
+        raise RecipeError(f"{where}: a recipe is a mapping at top level")
+    raw = OmegaConf.to_container(conf, resolve=False)
+    if "tasks" in raw:
+        # Tasks become a mapping before any merge so that `tasks.<name>.<field>=...` addresses them.
+        conf.tasks = _normalize_tasks(raw["tasks"], where)
+    base_ref = raw.get("extends")
+    if not base_ref:
+        return conf
+    base = _load_with_bases((path.parent / str(base_ref)), [*chain, path.resolve()])
+    if "tasks" in raw:
+        base.tasks = {}  # a recipe's own task list replaces its base's, it does not add to it
+    if "merges" in raw:
+        base.merges = []
+    merged = OmegaConf.merge(base, conf)
+    merged.pop("extends")
+    return merged
+
+
 def load_recipe(
     path: str | Path,
     overrides: list[str] | None = None,
     override_files: list[str | Path] | None = None,
 ) -> Recipe:
     """Read, override and check a recipe.
+
+    A recipe may start from another one with `extends: <path relative to it>`: its keys are
+    deep-merged over the base's, except `tasks` and `merges`, which replace the base's lists.
 
     Args:
         path: the recipe YAML.
@@ -307,18 +340,8 @@ def load_recipe(
         RecipeError: a missing file, an unknown key, a wrong type or value; the message names it.
     """
     path = Path(path)
-    if not path.is_file():
-        raise RecipeError(f"recipe file not found: {path}")
     where = str(path)
-    try:
-        conf = OmegaConf.load(path)
-    except Exception as err:  # yaml errors carry the line number
-        raise RecipeError(f"{where}: cannot parse YAML: {err}") from err
-    if not isinstance(conf, dict) and not OmegaConf.is_dict(conf):
-        raise RecipeError(f"{where}: a recipe is a mapping at top level")
-    # Tasks become a mapping before the overrides so that `tasks.<name>.<field>=...` addresses them.
-    raw_tasks = OmegaConf.to_container(conf, resolve=False).get("tasks")
-    conf.tasks = _normalize_tasks(raw_tasks, where)
+    conf = _load_with_bases(path, [])
     layers = [conf]
     for extra in override_files or []:
         extra = Path(extra)

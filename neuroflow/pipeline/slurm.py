@@ -36,9 +36,11 @@ _HEADER = Template("""#!/bin/bash
 #SBATCH --time=$time
 #SBATCH --output=$log_dir/%x-%A_%a.out
 $extra_sbatch
-set -euo pipefail
+set -eo pipefail
 cd $workdir
+# Site setup runs before `set -u`: module and venv scripts often read unset variables.
 $setup
+set -u
 export TOKENIZERS_PARALLELISM=false
 # One process per GPU, launched by srun: Lightning reads the ranks from SLURM (SLURMEnvironment).
 DDP_ARGS=(--trainer.accelerator gpu --trainer.devices "$${SLURM_NTASKS_PER_NODE}" --trainer.num_nodes "$${SLURM_NNODES}" --trainer.strategy ddp)
