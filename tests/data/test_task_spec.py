@@ -68,7 +68,7 @@ def test_map_labels_errors_name_label_task_and_file():
         map_labels(["a", "d"], spec(label_format="name"), "'x.csv'")
     with pytest.raises(ValueError, match=r"label 3 in 'x.csv' is outside the 3 label_names"):
         map_labels(np.array([0, 3]), spec(), "'x.csv'")
-    with pytest.raises(ValueError, match=r"label 5 .* after subtracting label_offset 1"):
+    with pytest.raises(ValueError, match=r"label '5' .* after subtracting label_offset 1"):
         map_labels(["5"], spec(label_offset=1), "'x.csv'")
     with pytest.raises(ValueError, match=r"label 'maybe' in 'x.csv' is neither a label name"):
         map_labels(["maybe"], spec(), "'x.csv'")
