@@ -27,14 +27,25 @@ class NeuroTrainer(Trainer):
         model: LightningModule,
         datamodule: LightningDataModule | None = None,
         evaluate: bool = True,
+        output_dir: str | None = None,
+        reference: str = "manifest",
     ) -> dict[str, Any]:
         """Merge the experts of a MergeModule, save the merged model and (optionally) score it.
 
+        With `model.init_args.search` set, every candidate of the grid is merged and scored on the
+        validation splits first, and the best one (average normalized validation score) is kept.
+
         Args:
             model: a `neuroflow.evaluation.MergeModule` naming the experts and the merge method.
-            datamodule: the tasks to evaluate on (their test splits).
-            evaluate: score the merged model on every task's test split after saving it.
+            datamodule: the tasks to evaluate on (test splits; validation splits for a search).
+            evaluate: score the merged model on every task's test split after saving it, and write
+                `report.{json,md,png}` next to it.
+            output_dir: where the merged model goes (replaced only once everything succeeded);
+                default `runs/merged/<method>` (`<method>_search` with a search).
+            reference: the experts' numbers that normalize the scores: `manifest` (recorded at fit
+                time; experts without them are evaluated here), `evaluate` (always score the experts
+                on this run's data), or the directory / report.json of an experts report.
         """
         from neuroflow.evaluation.merge_command import run_merge
 
-        return run_merge(self, model, datamodule, evaluate=evaluate)
+        return run_merge(self, model, datamodule, evaluate=evaluate, output_dir=output_dir, reference=reference)

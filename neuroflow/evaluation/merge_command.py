@@ -1,0 +1,193 @@
+"""`python -m neuroflow merge`: (search ->) merge -> save -> test -> report, into one output directory.
+
+Everything is written into a temporary sibling directory that is renamed into place only when the
+whole command succeeded, so a failure never leaves a partial output directory (and a previous
+result at the same place survives until the new one is complete). Under DDP every process runs the
+same sequence (merging is deterministic), only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_info
+
+import neuroflow
+from neuroflow.evaluation.expert_heads_module import Reference
+from neuroflow.evaluation.merge_module import MergeModule
+from neuroflow.evaluation.merged_model import save_merged
+from neuroflow.evaluation.report import load_report, metrics_from_logged, render_markdown, write_report
+from neuroflow.evaluation.search import expand_grid, grid_search, with_params
+
+REFERENCE_HELP = "manifest | evaluate | <experts report dir or report.json>"
+
+
+def default_output_dir(model: MergeModule) -> Path:
+    """`runs/merged/<method>` (`<method>_search` with a validation search)."""
+    return Path("runs") / "merged" / model.report_name()
+
+
+def expert_reference(
+    trainer: Trainer, model: MergeModule, datamodule: LightningDataModule, stage: str, reference: str
+) -> Reference:
+    """The experts' metrics on `stage` (`val` or `test`), the normalizer of the merged scores.
+
+    Args:
+        trainer: runs the experts' evaluation when needed.
+        model: the MergeModule (its experts and tasks).
+        datamodule: the evaluation data.
+        stage: `val` or `test`.
+        reference: `manifest` (what the manifest recorded; experts without it are evaluated here),
+            `evaluate` (always score the experts on this run's data), or the path of an experts
+            report (`python -m neuroflow test` with an ExpertsModule and a `report_dir`).
+    """
+    if reference not in ("manifest", "evaluate"):
+        report = load_report(reference)
+        found = {t: e["metrics"] for t, e in report["tasks"].items() if t in model.task_names}
+        missing = [t for t in model.task_names if t not in found]
+        if missing:
+            raise ValueError(f"reference report {reference} has no metrics for task(s) {missing}")
+        if stage != "test" and report["split"] != "validation":
+            raise ValueError(f"reference report {reference} is on the {report['split']} split; the search needs validation")
+        return found, {t: f"report:{reference}" for t in found}
+    found, source = model.reference_metrics(stage) if reference == "manifest" else ({}, {})
+    missing = [t for t in model.task_names if model.task_specs[t].primary_metric not in found.get(t, {})]
+    if missing:
+        from neuroflow.evaluation.experts_module import ExpertsModule
+
+        rank_zero_info(f"evaluating the experts of {missing} on {stage} for the normalized scores")
+        experts = ExpertsModule(experts=model.expert_set.source, tasks=[model.task_specs[t] for t in model.task_names])
+        run = trainer.test if stage == "test" else trainer.validate
+        run(experts, datamodule=datamodule, verbose=False)
+        evaluated = metrics_from_logged(experts.last_metrics[stage], stage, experts.task_names)
+        for task in missing:
+            found[task], source[task] = evaluated[task], "evaluated"
+        del experts
+    return found, source
+
+
+def _primary(model: MergeModule, metrics: dict[str, dict[str, float]]) -> dict[str, float]:
+    return {t: metrics[t][model.task_specs[t].primary_metric] for t in model.task_names}
+
+
+def run_search(trainer: Trainer, model: MergeModule, datamodule: LightningDataModule, reference: str) -> dict[str, Any]:
+    """Score every candidate of `model.search` on validation data; leaves the best as `model.method`."""
+    candidates = expand_grid(model.search or {})
+    ref_metrics, ref_source = expert_reference(trainer, model, datamodule, "val", reference)
+    base_method = model.method
+
+    def score(params: dict[str, Any]) -> dict[str, float]:
+        model.merge(with_params(base_method, params))
+        trainer.validate(model, datamodule=datamodule, verbose=False)
+        return _primary(model, metrics_from_logged(model.last_metrics["val"], "val", model.task_names))
+
+    def log(i: int, record: dict[str, Any]) -> None:
+        rank_zero_info(f"search {i + 1}/{len(candidates)} {record['params']}: avg normalized val {record['score']:.4f}")
+
+    result = grid_search(candidates, score, _primary(model, ref_metrics), on_candidate=log)
+    model.method = with_params(base_method, result.best["params"])
+    rank_zero_info(f"search: best {result.best['params']} (avg normalized val {result.best['score']:.4f})")
+    return {**result.as_dict(), "grid": model.search, "reference": ref_metrics, "reference_source": ref_source}
+
+
+def _swap_into_place(tmp: Path, final: Path) -> None:
+    old = None
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _progress_bar(model: MergeModule, enabled: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=len(model.base_state()), desc=f"merging ({model.method.name})", unit="tensor", disable=not enabled)
+
+
+def run_merge(
+    trainer: Trainer,
+    model: LightningModule,
+    datamodule: LightningDataModule | None = None,
+    evaluate: bool = True,
+    output_dir: str | None = None,
+    reference: str = "manifest",
+) -> dict[str, Any]:
+    """The `merge` command; see `NeuroTrainer.merge` for the arguments. Returns the merge card
+    (with the report under `report` when evaluated)."""
+    if not isinstance(model, MergeModule):
+        raise TypeError(
+            f"`merge` needs a neuroflow.evaluation.MergeModule as the model, got {type(model).__name__} "
+            "(set `model: {class_path: neuroflow.evaluation.MergeModule, init_args: {experts: ..., method: ...}}`)"
+        )
+    if (evaluate or model.search) and datamodule is None:
+        raise ValueError("`merge` needs `data` to evaluate or to run a validation search (or pass --evaluate false)")
+    if reference not in ("manifest", "evaluate") and not Path(reference).exists():
+        raise FileNotFoundError(f"--reference {reference}: no such report (expected {REFERENCE_HELP})")
+    final = Path(output_dir) if output_dir else default_output_dir(model)
+    is_zero = trainer.is_global_zero
+    tmp = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
+    if is_zero:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
+    timings: dict[str, float] = {}
+    try:
+        search_record = None
+        if model.search:
+            start = time.perf_counter()
+            search_record = run_search(trainer, model, datamodule, reference)
+            timings["search_s"] = round(time.perf_counter() - start, 3)
+        start = time.perf_counter()
+        bar = _progress_bar(model, is_zero)
+        info = model.merge(progress=bar)
+        bar.close()
+        timings["merge_s"] = round(time.perf_counter() - start, 3)
+        card = {
+            "name": model.report_name(),
+            "method": {"class_path": info["class_path"], "init_args": model.method.hparams()},
+            "merge_info": info,
+            "search": search_record,
+            "base_model": model.expert_set.base_model,
+            "base_fingerprint": model.base_fingerprint,
+            "experts_source": model.expert_set.source,
+            "experts": model.expert_set.describe(),
+            "exclude": model.exclude,
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "neuroflow_version": neuroflow.__version__,
+            "timings": timings,
+        }
+        if is_zero:
+            start = time.perf_counter()
+            card = save_merged(model, tmp, card)
+            timings["save_s"] = round(time.perf_counter() - start, 3)
+        report = None
+        if evaluate:
+            start = time.perf_counter()
+            trainer.test(model, datamodule=datamodule, verbose=False)
+            timings["test_s"] = round(time.perf_counter() - start, 3)
+            ref = expert_reference(trainer, model, datamodule, "test", reference)
+            extra = {"search": search_record} if search_record else None
+            report = model.build_stage_report("test", reference=ref, extra=extra)
+            report["timings"] = timings
+            if is_zero:
+                write_report(report, tmp)
+        if is_zero:
+            (tmp / "merge_card.json").write_text(json.dumps({**card, "timings": timings}, indent=2, default=str) + "\n")
+            _swap_into_place(tmp, final)
+            rank_zero_info(f"merged model written to {final}")
+            if report is not None:
+                print(render_markdown(report), end="")
+    except BaseException:
+        if is_zero:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return {**card, "timings": timings, "output_dir": str(final), "report": report}

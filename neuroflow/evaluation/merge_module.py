@@ -1,0 +1,132 @@
+"""`MergeModule`: the experts' shared backbone merged with a `neuroflow.merging` method, each task
+scored through the merged backbone and its own expert's head.
+
+The merge happens on first use (`merge()`, or `setup` before validate/test), on every process
+(deterministic, so all DDP ranks hold the same weights). The experts are read lazily tensor by
+tensor from their safetensors files (LoRA adapters are turned into dense task vectors, scale
+alpha / r, once), so re-merging for another candidate of a validation search reads no more than
+one tensor of each expert at a time, and the pre-trained weights are copied only once.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from neuroflow.data.task_spec import TaskSpec
+from neuroflow.evaluation.expert_heads_module import ExpertHeadsModule
+from neuroflow.evaluation.expert_set import ManifestExperts
+from neuroflow.evaluation.search import check_search_keys, expand_grid
+from neuroflow.merging import MergeMethod, NeuroMerging, routing_from_module
+from neuroflow.merging import merge as merge_experts
+
+
+class MergeModule(ExpertHeadsModule):
+    """Merges the experts' backbones into one and evaluates it with each expert's head.
+
+    Args:
+        experts: an experts directory (manifest), or a list of expert folders; the experts of the
+            evaluated `tasks` are merged.
+        method: the merge method (`class_path` + `init_args` in YAML), e.g.
+            `{class_path: neuroflow.merging.NeuroMerging, init_args: {mask_rate: 0.8}}`;
+            None = NeuroMerging with its defaults (Lite: lambda_1 0, lambda_2 auto).
+        tasks: the tasks to merge and evaluate, each with an expert; filled by the CLI from `data`.
+        search: a validation grid over the method's hyperparameters (e.g.
+            `{lambda_1: [0.0, 0.5, 1.0], lambda_2: [1.0, 2.0]}`); `python -m neuroflow merge` scores
+            each candidate on the validation splits and tests the best. None = the method as given.
+        exclude: names or glob patterns of backbone tensors not to merge (kept pre-trained).
+        report_dir: where `test` writes `report.{json,md,png}`; None = no report files (the merge
+            command writes its own into its output directory).
+        backbone_kwargs: extra `from_pretrained` arguments for the base model.
+    """
+
+    report_kind = "merged"
+
+    def __init__(
+        self,
+        experts: str | list[str] = "runs/experts",
+        method: MergeMethod | None = None,
+        tasks: list[TaskSpec] | None = None,
+        search: dict[str, list[Any]] | None = None,
+        exclude: list[str] | None = None,
+        report_dir: str | None = None,
+        backbone_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        method = method if method is not None else NeuroMerging()
+        if not isinstance(method, MergeMethod):
+            raise TypeError(
+                f"model.method must be a neuroflow.merging.MergeMethod (class_path + init_args), "
+                f"got {type(method).__name__}"
+            )
+        if search:
+            # A wrong grid key must fail now, not after the experts are loaded and merged.
+            check_search_keys(method, search)
+            expand_grid(search)
+        super().__init__(experts=experts, tasks=tasks, report_dir=report_dir, backbone_kwargs=backbone_kwargs)
+        self.method = method
+        self.search = dict(search) if search else None
+        self.exclude = list(exclude) if exclude else None
+        # Checkpoints and loggers get plain data, not the method object.
+        self.hparams["method"] = {"class_path": _class_path(method), "init_args": method.hparams()}
+        self._source: ManifestExperts | None = None
+        self._merged_with: MergeMethod | None = None
+        self.merge_info: dict[str, Any] = {}
+
+    def experts_source(self) -> ManifestExperts:
+        """The experts as a lazily read task-vector source (built once, reused by every merge)."""
+        if self._source is None:
+            self._source = ManifestExperts(self.expert_set, self.base_state())
+        return self._source
+
+    def merge(self, method: MergeMethod | None = None, progress: Any = None) -> dict[str, Any]:
+        """Merge the experts with `method` (default `self.method`) into the module's backbone.
+
+        Args:
+            method: the method to merge with; it becomes `self.method`.
+            progress: per-tensor progress hook passed to the engine (e.g. a tqdm bar).
+
+        Returns:
+            the engine's info (method, hyperparameters, statistics, routing counts) plus `seconds`.
+        """
+        if method is not None:
+            self.method = method
+        start = time.perf_counter()
+        base = self.base_state()
+        result = merge_experts(
+            base,
+            self.experts_source(),
+            self.method,
+            routing=routing_from_module(self.hf_model),
+            exclude=self.exclude,
+            progress=progress,
+        )
+        self.load_backbone_state_dict(result.state_dict)
+        del result.state_dict
+        self._merged_with = self.method
+        self.merge_info = {**result.info, "seconds": round(time.perf_counter() - start, 3)}
+        self.hparams["method"] = {"class_path": _class_path(self.method), "init_args": self.method.hparams()}
+        return self.merge_info
+
+    @property
+    def is_merged(self) -> bool:
+        """Whether the backbone holds a merge with the current `self.method`."""
+        return self._merged_with is not None and self._merged_with is self.method
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        if not self.is_merged:
+            self.merge()
+
+    def report_name(self) -> str:
+        return self.method.name + ("_search" if self.search else "")
+
+    def report_model_info(self) -> dict[str, Any]:
+        return {
+            **super().report_model_info(),
+            "method": {"class_path": _class_path(self.method), "init_args": self.method.hparams()},
+            "merge_info": self.merge_info,
+        }
+
+
+def _class_path(obj: Any) -> str:
+    return f"{type(obj).__module__}.{type(obj).__qualname__}"
