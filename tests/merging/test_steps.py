@@ -1,0 +1,74 @@
+"""The shared pure steps: trim, sign election with the spec's tie fallback, disjoint mean."""
+
+from __future__ import annotations
+
+import torch
+
+from neuroflow.merging.steps import (
+    disjoint_mean,
+    elect_signs,
+    kth_index,
+    tensor_threshold,
+    ties_merge,
+    trim_by_threshold,
+    trim_tasks_,
+)
+
+
+def t(*rows) -> torch.Tensor:
+    return torch.tensor(rows, dtype=torch.float64)
+
+
+def test_trim_keeps_ties_at_the_threshold() -> None:
+    x = torch.tensor([0.5, -1.0, 1.0, -0.2, 2.0])
+    assert torch.equal(trim_by_threshold(x, torch.tensor(1.0)), torch.tensor([0.0, -1.0, 1.0, 0.0, 2.0]))
+    assert trim_by_threshold(x, None) is x
+
+
+def test_tensor_threshold_is_kthvalue_and_zero_rate_keeps_all() -> None:
+    x = torch.tensor([[3.0, -1.0], [0.5, -2.0]])
+    assert tensor_threshold(x, 0.5).item() == 1.0  # k = 2 of |x| = 0.5, 1, 2, 3
+    assert tensor_threshold(x, 0.0) is None
+    assert tensor_threshold(x, 1.0).item() == 3.0
+    assert kth_index(10, 0.29) == 2 and kth_index(10, 1.0) == 10 and kth_index(0, 0.8) == 0
+
+
+def test_trim_tasks_in_place_per_task() -> None:
+    x = t([1, -2, 3], [-4, 5, -0.5])
+    out = trim_tasks_(x, [torch.tensor(2.0, dtype=torch.float64), None])
+    assert out is x
+    assert torch.equal(x, t([0, -2, 3], [-4, 5, -0.5]))
+
+
+def test_sign_election_by_mass_and_disjoint_mean() -> None:
+    x = t([1, 2, -3], [-3, 1, -1], [0, 4, 2])
+    # sums: -2, 7, -2 -> signs -, +, -
+    assert torch.equal(elect_signs(x), t(-1, 1, -1))
+    assert torch.allclose(ties_merge(x), t(-3, (2 + 1 + 4) / 3, (-3 - 1) / 2))
+
+
+def test_tie_falls_back_to_the_group_majority() -> None:
+    # Column 0 sums to 0; the other signs sum to +2, so column 0 keeps its positive entries.
+    x = t([1, 2, 3], [-1, 1, -1])
+    assert torch.equal(elect_signs(x), t(1, 1, 1))
+    assert torch.allclose(ties_merge(x), t(1, 1.5, 3))
+
+
+def test_tie_with_tied_majority_keeps_only_negative_entries() -> None:
+    # Column 0 sums to 0 and the other signs cancel (+1 - 1): sign 0 keeps only negatives.
+    x = t([1, 2, -3], [-1, 1, -1])
+    assert torch.equal(elect_signs(x), t(0, 1, -1))
+    assert torch.allclose(ties_merge(x), t(-1, 1.5, -2))
+
+
+def test_grouped_fallback_is_per_group() -> None:
+    # Two groups (rows of the last-but-task dims): group 0 majority +, group 1 majority -.
+    x = torch.tensor([[[1.0, 2.0, 1.0], [1.0, -2.0, -1.0]], [[-1.0, 1.0, 1.0], [-1.0, -1.0, -1.0]]])
+    signs = elect_signs(x, group_dim=2)
+    assert torch.equal(signs, torch.tensor([[1.0, 1.0, 1.0], [-1.0, -1.0, -1.0]]))
+    assert torch.allclose(disjoint_mean(x, signs), torch.tensor([[1.0, 1.5, 1.0], [-1.0, -1.5, -1.0]]))
+
+
+def test_zeros_never_count_in_the_mean() -> None:
+    x = t([0, 0], [4, 0], [2, 0])
+    assert torch.allclose(ties_merge(x), t(3, 0))
