@@ -24,7 +24,9 @@ CHECKPOINT_CLASS = "lightning.pytorch.callbacks.ModelCheckpoint"
 MERGE_CLASS = "neuroflow.evaluation.MergeModule"
 PRETRAINED_CLASS = "neuroflow.evaluation.PretrainedModule"
 EXPERTS_CLASS = "neuroflow.evaluation.ExpertsModule"
+TEST_REPORT_CLASS = "neuroflow.pipeline.test_report.TestReport"
 MULTITASK_ROW = "multitask"
+REFERENCE_ROW = "individual"
 
 
 @dataclass
@@ -146,12 +148,6 @@ class Planner:
     def fit_dir(self, name: str) -> Path:
         return self.out / "fit" / name
 
-    @property
-    def multitask_experts_dir(self) -> Path:
-        # The joint model is collected like an expert (one entry per task, same backbone), so the
-        # experts' test path can score it; it lives apart so merges never pick it up.
-        return self.out / "multitask" / "experts"
-
     def eval_dir(self, row: str) -> Path:
         return self.out / "eval" / row
 
@@ -170,7 +166,7 @@ class Planner:
             init["task_dirs"] = list(self.recipe.task_dirs)
         return {"class_path": DATA_CLASS, "init_args": _deep_merge(init, extra)}
 
-    def _fit(self, name: str, tasks: list[str], training: Training, experts_dir: Path) -> dict[str, Any]:
+    def _fit(self, name: str, tasks: list[str], training: Training, experts_dir: Path | None) -> dict[str, Any]:
         model_init: dict[str, Any] = {"backbone": self.recipe.backbone, "family": self.recipe.family}
         if training.mode == "lora":
             model_init["lora"] = copy.deepcopy(training.lora)
@@ -193,19 +189,21 @@ class Planner:
                         "mode": "max",
                         "save_top_k": 1,
                         "save_last": True,
-                    },
-                },
-                {
-                    "class_path": COLLECTOR_CLASS,
-                    "init_args": {
-                        "experts_dir": str(experts_dir),
-                        "monitor": monitor,
-                        "mode": "max",
-                        "save_format": training.save_format,
+                        "filename": "best",
                     },
                 },
             ],
         }
+        if experts_dir is not None:
+            trainer["callbacks"].append({
+                "class_path": COLLECTOR_CLASS,
+                "init_args": {
+                    "experts_dir": str(experts_dir),
+                    "monitor": monitor,
+                    "mode": "max",
+                    "save_format": training.save_format,
+                },
+            })
         return {
             "seed_everything": self.recipe.seed,
             "trainer": _deep_merge(trainer, training.trainer),
@@ -233,37 +231,38 @@ class Planner:
             for task in self.recipe.task_names
         ]
 
+    def best_checkpoint(self, name: str) -> Path:
+        return self.fit_dir(name) / "checkpoints" / "best.ckpt"
+
     def multitask_stages(self) -> list[Stage]:
+        """The joint model: a fit over every task, then `test` of its best checkpoint."""
         if not self.recipe.multitask.enabled:
             return []
         training = self.recipe.multitask_training()
-        fit = Stage(f"fit_{MULTITASK_ROW}", "fit",
-                    self._fit(MULTITASK_ROW, self.recipe.task_names, training, self.multitask_experts_dir),
-                    kind="multitask")
-        test = self._experts_test(MULTITASK_ROW, self.multitask_experts_dir)
+        tasks = self.recipe.task_names
+        fit_config = self._fit(MULTITASK_ROW, tasks, training, experts_dir=None)
+        fit = Stage(f"fit_{MULTITASK_ROW}", "fit", fit_config, kind="multitask")
+        row = MULTITASK_ROW
+        test_config = {
+            "seed_everything": self.recipe.seed,
+            "trainer": _deep_merge(self._eval_trainer(row), {"callbacks": [
+                {"class_path": TEST_REPORT_CLASS, "init_args": {"report_dir": str(self.eval_dir(row)), "name": row}},
+            ]}),
+            "model": copy.deepcopy(fit_config["model"]),
+            "data": self._data(tasks, self.recipe.evaluation.data),
+        }
+        test = Stage(f"test_{row}", "test", test_config, kind="baseline", row=row, report_dir=self.eval_dir(row),
+                     extra_args=["--ckpt_path", str(self.best_checkpoint(MULTITASK_ROW))])
         return [fit, test]
 
-    def _experts_test(self, row: str, experts_dir: Path) -> Stage:
-        model = {"class_path": EXPERTS_CLASS,
-                 "init_args": {"experts_dir": str(experts_dir), "output_dir": str(self.eval_dir(row)),
-                               "name": row, "reference_experts_dir": str(self.experts_dir)}}
-        return Stage(f"test_{row}", "test", self._eval_config(row, model), kind="baseline",
-                     row=row, report_dir=self.eval_dir(row))
-
     def baseline_stages(self) -> list[Stage]:
+        """The pre-trained backbone with the experts' heads, and each expert on its own task."""
         stages = []
-        if self.recipe.baselines.pretrained:
-            row = "pretrained"
-            model = {"class_path": PRETRAINED_CLASS,
-                     "init_args": {"experts_dir": str(self.experts_dir), "output_dir": str(self.eval_dir(row)),
-                                   "name": row}}
-            stages.append(Stage(f"test_{row}", "test", self._eval_config(row, model), kind="baseline",
-                                row=row, report_dir=self.eval_dir(row)))
-        if self.recipe.baselines.individual:
-            row = "individual"
-            model = {"class_path": EXPERTS_CLASS,
-                     "init_args": {"experts_dir": str(self.experts_dir), "output_dir": str(self.eval_dir(row)),
-                                   "name": row}}
+        rows = [("pretrained", PRETRAINED_CLASS)] * self.recipe.baselines.pretrained
+        rows += [(REFERENCE_ROW, EXPERTS_CLASS)] * self.recipe.baselines.individual
+        for row, class_path in rows:
+            model = {"class_path": class_path,
+                     "init_args": {"experts": str(self.experts_dir), "report_dir": str(self.eval_dir(row))}}
             stages.append(Stage(f"test_{row}", "test", self._eval_config(row, model), kind="baseline",
                                 row=row, report_dir=self.eval_dir(row)))
         return stages
@@ -272,13 +271,18 @@ class Planner:
         stages = []
         for run in self.recipe.merges:
             out = self.out / "merged" / run.name
-            init = {"experts_dir": str(self.experts_dir), "method": copy.deepcopy(run.method),
-                    "output_dir": str(out), "name": run.name}
+            init: dict[str, Any] = {"experts": str(self.experts_dir), "method": copy.deepcopy(run.method)}
             if run.search:
                 init["search"] = copy.deepcopy(run.search)
             model = {"class_path": MERGE_CLASS, "init_args": _deep_merge(init, run.merge)}
             config = self._eval_config(run.name, model)
             config["trainer"]["default_root_dir"] = str(out)
+            config["output_dir"] = str(out)
+            # The individual row already scored the experts on the test splits: merges normalize by
+            # that report instead of re-evaluating them. A search also needs the experts' validation
+            # numbers, which the manifest recorded at fit time.
+            if self.recipe.baselines.individual and not run.search:
+                config["reference"] = str(self.eval_dir(REFERENCE_ROW))
             stages.append(Stage(f"merge_{run.name}", "merge", config, kind="merge", row=run.name,
                                 report_dir=out))
         return stages

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import tempfile
 import time
 from datetime import datetime, timezone
@@ -21,9 +22,9 @@ from typing import Any, Callable
 import yaml
 
 from neuroflow.pipeline.launch import LAUNCHERS, StageFailed, write_config
-from neuroflow.pipeline.plan import MULTITASK_ROW, Planner, Stage, plan_recipe
+from neuroflow.pipeline.plan import MULTITASK_ROW, REFERENCE_ROW, Planner, Stage, plan_recipe
 from neuroflow.pipeline.recipe import Recipe, recipe_to_dict
-from neuroflow.pipeline.table import render_rows_table
+from neuroflow.pipeline.table import render_rows_table, rename_runs, renormalize
 
 STATE_FILE = "pipeline_state.json"
 STAGE_GROUPS = ("fit", "multitask", "baselines", "merge", "report")
@@ -44,11 +45,10 @@ def manifest_entries(experts_dir: Path) -> dict[str, dict[str, Any]]:
         return {}
     from neuroflow.experts import load_manifest
 
-    entries = load_manifest(experts_dir)
-    if isinstance(entries, dict):
-        entries = entries.get("experts", entries)
-        if isinstance(entries, dict):
-            return {str(k): dict(v) for k, v in entries.items()}
+    try:
+        entries = load_manifest(experts_dir)
+    except FileNotFoundError:
+        return {}
     return {str(e["task"]): dict(e) for e in entries}
 
 
@@ -130,8 +130,8 @@ class PipelineRunner:
                 return "expert already in the manifest"
             return None
         if stage.kind == "multitask":
-            have = manifest_entries(self.planner.multitask_experts_dir)
-            return "joint model already collected" if set(self.recipe.task_names) <= set(have) else None
+            done = previous.get("status") == "done" and self.planner.best_checkpoint(MULTITASK_ROW).is_file()
+            return "joint model already trained" if done else None
         done = (
             previous.get("status") == "done"
             and previous.get("config_hash") == stage.config_hash()
@@ -144,7 +144,8 @@ class PipelineRunner:
     def _experts_key(self, stage: Stage) -> str:
         key = experts_signature(self.planner.experts_dir)
         if stage.row == MULTITASK_ROW:
-            key += experts_signature(self.planner.multitask_experts_dir)
+            ckpt = self.planner.best_checkpoint(MULTITASK_ROW)
+            key += f"+{ckpt.stat().st_mtime_ns}" if ckpt.is_file() else "+none"
         return key
 
     def _group(self, stage: Stage) -> str:
@@ -170,8 +171,11 @@ class PipelineRunner:
             record.setdefault("status", "done")
             record["skipped_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
             return record
-        if stage.kind in ("baseline", "merge"):
+        if stage.kind in ("baseline", "merge") and stage.row != MULTITASK_ROW:
             self._check_experts_ready()
+        if stage.command == "fit":
+            # A retrain starts from a clean checkpoint folder, so `best.ckpt` is this run's best.
+            shutil.rmtree(self.planner.fit_dir(stage.task or MULTITASK_ROW) / "checkpoints", ignore_errors=True)
         self.echo(f"[neuroflow run] {stage.name}: python -m neuroflow {stage.command} --config {config_path}")
         started = time.perf_counter()
         self.state["stages"][stage.name] = {"status": "running", "config": str(config_path),
@@ -221,11 +225,9 @@ class PipelineRunner:
     # -- report --------------------------------------------------------------------------------
     def rows(self) -> list[tuple[str, Path]]:
         """(row name, run dir) of every evaluated row whose report exists, in table order."""
-        out = []
-        for stage in self.planner.stages():
-            if stage.row and stage.report_dir and (stage.report_dir / "report.json").is_file():
-                out.append((stage.row, stage.report_dir))
-        return out
+        stages = self.planner.baseline_stages() + self.planner.multitask_stages() + self.planner.merge_stages()
+        return [(s.row, s.report_dir) for s in stages
+                if s.row and s.report_dir and (s.report_dir / "report.json").is_file()]
 
     def report(self) -> dict[str, Any] | None:
         """Combine the rows' reports into `<output_dir>/report.{json,md,png}` and print the table."""
@@ -236,6 +238,8 @@ class PipelineRunner:
             self.echo("[neuroflow run] no evaluated rows yet; nothing to report")
             return None
         combined = combine_reports([d for _, d in rows])
+        combined = rename_runs(combined, [name for name, _ in rows])
+        combined = renormalize(combined, REFERENCE_ROW)
         combined["pipeline"] = {
             "recipe": self.recipe.source_path,
             "seed": self.recipe.seed,

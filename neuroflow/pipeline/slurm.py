@@ -80,8 +80,7 @@ def _q(path: str | Path) -> str:
 def _done_marker(planner: Planner, stage: Stage) -> Path:
     if stage.kind == "expert":
         return planner.experts_dir / str(stage.task) / "expert.json"
-    # The joint model is collected once per task; the last one written marks the fit as done.
-    return planner.multitask_experts_dir / planner.recipe.task_names[-1] / "expert.json"
+    return planner.best_checkpoint("multitask")
 
 
 def render_slurm(recipe: Recipe, planner: Planner, out_dir: str | Path) -> dict[str, Path]:

@@ -7,6 +7,8 @@ the average normalized score (model / expert) as the last columns.
 
 from __future__ import annotations
 
+import copy
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,6 +19,49 @@ def _pct(value: float | None) -> str:
 
 def _ratio(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
+
+
+def rename_runs(combined: Mapping[str, Any], names: list[str]) -> dict[str, Any]:
+    """The combined report with its runs renamed, in order (reports name themselves after the
+    method, e.g. `dare`; the pipeline names rows after the recipe, e.g. `dare_ties_val`)."""
+    out = copy.deepcopy(dict(combined))
+    old = [run["name"] for run in out["runs"]]
+    if len(old) != len(names) or len(set(names)) != len(names):
+        raise ValueError(f"rename_runs: {len(names)} unique names needed for runs {old}, got {names}")
+    mapping = dict(zip(old, names))
+    for run in out["runs"]:
+        run["report_name"] = run["name"]
+        run["name"] = mapping[run["name"]]
+    for row in out["tasks"].values():
+        row["runs"] = {mapping[k]: v for k, v in row["runs"].items()}
+    out["average"]["runs"] = {mapping[k]: v for k, v in out["average"]["runs"].items()}
+    return out
+
+
+def renormalize(combined: Mapping[str, Any], reference: str) -> dict[str, Any]:
+    """Normalized scores of every run against one run's per-task values (the individual experts).
+
+    Each evaluation normalizes by whatever expert numbers it had (recorded, or evaluated, or none
+    for the pre-trained row); against one reference row every run of the table is comparable. The
+    reference's values also become the table's `expert` column. Without that run, unchanged.
+    """
+    out = copy.deepcopy(dict(combined))
+    if reference not in {run["name"] for run in out["runs"]}:
+        return out
+    for row in out["tasks"].values():
+        ref = row["runs"].get(reference, {}).get("value")
+        row["expert"] = ref
+        for run in row["runs"].values():
+            ok = ref is not None and run["value"] is not None and ref > 0 and math.isfinite(run["value"])
+            run["normalized"] = run["value"] / ref if ok else None
+    for name, avg in out["average"]["runs"].items():
+        values = [row["runs"][name]["normalized"] for row in out["tasks"].values() if name in row["runs"]]
+        kept = [v for v in values if v is not None]
+        avg["normalized"] = sum(kept) / len(kept) if kept else None
+    refs = [row["expert"] for row in out["tasks"].values() if row["expert"] is not None]
+    out["average"]["expert"] = sum(refs) / len(refs) if refs else None
+    out["normalized_by"] = reference
+    return out
 
 
 def rows_table_data(combined: Mapping[str, Any]) -> list[dict[str, Any]]:
