@@ -69,6 +69,9 @@ class MultiTaskDataModule(LightningDataModule):
         image_processor: a model path/hub id whose Hugging Face image processor replaces the
             resize/normalize settings above (for pre-trained vision backbones).
         pad_to_multiple_of: round padded text lengths up to a multiple of this (None: longest).
+        as_text2text: run text classification tasks as text2text (for seq2seq backbones such as
+            T5): targets are the tasks' verbalizers (else label names), inputs use each task's
+            `input_template`, else `"<task>: {text}"`.
     """
 
     def __init__(
@@ -95,6 +98,7 @@ class MultiTaskDataModule(LightningDataModule):
         image_std: list[float] = [0.5],
         image_processor: str | None = None,
         pad_to_multiple_of: int | None = None,
+        as_text2text: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["tasks"])
@@ -110,8 +114,10 @@ class MultiTaskDataModule(LightningDataModule):
                 raise ValueError(f"data.{name} must be >= 1 or null, got {value}")
         self.data_dir = Path(data_dir if data_dir is not None else default_data_dir()).expanduser()
         self.task_dirs = list(task_dirs or [])
-        self._specs = [self._effective(resolve_task(t, self.task_dirs), max_train_examples, max_eval_examples)
-                       for t in tasks]
+        self._specs = [
+            self._effective(resolve_task(t, self.task_dirs), max_train_examples, max_eval_examples, as_text2text)
+            for t in tasks
+        ]
         names = [s.name for s in self._specs]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
@@ -142,13 +148,19 @@ class MultiTaskDataModule(LightningDataModule):
     # -- tasks ---------------------------------------------------------------------------------
 
     @staticmethod
-    def _effective(spec: TaskSpec, max_train: int | None, max_eval: int | None) -> TaskSpec:
+    def _effective(spec: TaskSpec, max_train: int | None, max_eval: int | None, as_text2text: bool) -> TaskSpec:
+        changes: dict[str, Any] = {}
         caps = dict(spec.max_examples)
         if max_train is not None:
             caps["train"] = max_train
         if max_eval is not None:
             caps["validation"] = caps["test"] = max_eval
-        return dataclasses.replace(spec, max_examples=caps) if caps != spec.max_examples else spec
+        if caps != spec.max_examples:
+            changes["max_examples"] = caps
+        if as_text2text and spec.kind == "text_classification":
+            changes["kind"] = "text2text"
+            changes["input_template"] = spec.input_template or f"{spec.name}: {{text}}"
+        return dataclasses.replace(spec, **changes) if changes else spec
 
     def _check_files(self, spec: TaskSpec) -> None:
         path = str(spec.source["path"])

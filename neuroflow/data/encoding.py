@@ -63,11 +63,11 @@ def format_inputs(spec: TaskSpec, texts: list[str], pairs: list[str] | None) -> 
     """
     if spec.input_template:
         template = spec.input_template
-        joined = [template.format(text=t, text_pair=p) for t, p in zip(texts, pairs or [""] * len(texts))]
-        pair_used = "{text_pair}" in template
-        return joined, None if (pair_used or pairs is None or spec.kind == "text2text") else pairs
+        texts = [template.format(text=t, text_pair=p) for t, p in zip(texts, pairs or [""] * len(texts))]
+        if "{text_pair}" in template:
+            pairs = None
     if spec.kind == "text2text" and pairs is not None:
-        return [f"{t} {p}" for t, p in zip(texts, pairs)], None
+        texts, pairs = [f"{t} {p}" for t, p in zip(texts, pairs)], None
     return texts, pairs
 
 

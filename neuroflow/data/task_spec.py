@@ -52,7 +52,8 @@ class TaskSpec:
             splits are made, to a seeded stratified subset.
         metrics: metric names, the first is the primary one: `accuracy`, `f1` (binary F1 of
             label index 1), `f1_macro`, `mcc` (Matthews correlation).
-        verbalizer: target strings for text2text, one per label (defaults to `label_names`).
+        verbalizer: target strings for text2text, one per label (defaults to `label_names`);
+            kept on classification tasks for when they run as text2text (`as_text2text`).
         input_template: text2text (or classification) input format, e.g.
             `"sst2 sentence: {text}"`; fields `{text}` and `{text_pair}`.
         description: one line for humans (docs, reports).
@@ -163,8 +164,8 @@ class TaskSpec:
         if "f1" in self.metrics and self.num_labels != 2:
             raise ValueError(f"{where}: metric `f1` is binary; use `f1_macro` for {self.num_labels} classes")
         if self.verbalizer is not None:
-            if self.kind != "text2text":
-                raise ValueError(f"{where}: `verbalizer` only applies to text2text tasks")
+            if self.kind == "image_classification":
+                raise ValueError(f"{where}: `verbalizer` only applies to text tasks")
             if len(self.verbalizer) != self.num_labels:
                 raise ValueError(
                     f"{where}: `verbalizer` has {len(self.verbalizer)} entries for {self.num_labels} labels"

@@ -144,3 +144,19 @@ def test_bad_input_is_reported_before_training(real_data_dir, cache, tmp_path):
                              cache_dir=cache)
     with pytest.raises(ValueError, match=r"task 'mine': label 'maybe' in '.*x.csv' is not one of the label_names"):
         dm.prepare_data()
+
+
+def test_as_text2text_verbalizes_builtin_classification_tasks(real_data_dir, cache, minilm_tokenizer):
+    dm = make(real_data_dir, cache, tasks=("trec", "sst2"), as_text2text=True, max_eval_examples=20)
+    trec, sst2 = dm.task_specs
+    assert trec.kind == sst2.kind == "text2text"
+    assert trec.input_template == "trec: {text}" and trec.targets[0] == "description"
+    assert sst2.targets == ["negative", "positive"]
+    dm.setup("validate")
+    batch = next(iter(dm.val_dataloader()[0]))
+    words = [trec.targets[i] for i in batch["label_index"].tolist()]
+    for row, word in zip(batch["labels"].tolist(), words):
+        ids = [t for t in row if t != -100]
+        assert ids == minilm_tokenizer(text_target=word)["input_ids"]
+    first = minilm_tokenizer.decode(batch["input_ids"][0], skip_special_tokens=True)
+    assert first.startswith("trec :") or first.startswith("trec:")

@@ -130,3 +130,15 @@ def test_image_collation():
     assert batch["pixel_values"].shape == (5, 1, 32, 32)
     assert batch["pixel_values"].min() >= -1 and batch["pixel_values"].max() <= 1
     assert batch["labels"].tolist() == [0, 1, 2, 3, 4] and batch["task"] == "digits"
+
+
+def test_format_inputs_templates_and_pairs():
+    from neuroflow.data.encoding import format_inputs
+
+    cls = make_spec(text_pair_column="h", input_template="premise: {text}")
+    assert format_inputs(cls, ["a"], ["b"]) == (["premise: a"], ["b"])
+    both = make_spec(text_pair_column="h", input_template="{text} ? {text_pair}")
+    assert format_inputs(both, ["a"], ["b"]) == (["a ? b"], None)
+    t2t = make_spec(kind="text2text", text_pair_column="h", input_template="nli: {text}")
+    assert format_inputs(t2t, ["a"], ["b"]) == (["nli: a b"], None)
+    assert format_inputs(make_spec(), ["a"], None) == (["a"], None)
