@@ -22,14 +22,33 @@ class NeuroflowCLI(LightningCLI):
         # specs so that its heads (or the experts it merges) match the dataloaders.
         parser.link_arguments("data.task_specs", "model.init_args.tasks", apply_on="instantiate")
 
+    def instantiate_classes(self) -> None:
+        super().instantiate_classes()
+        # Experts record the exact configuration that produced them (in `expert.json`).
+        from neuroflow.callbacks.expert_collector import ExpertCollector
+
+        collectors = [c for c in self.trainer.callbacks if isinstance(c, ExpertCollector)]
+        if collectors:
+            config = self.resolved_config()
+            for collector in collectors:
+                collector.run_config = config
+
+    def resolved_config(self) -> dict[str, Any]:
+        """The parsed configuration of the running subcommand as plain data."""
+        import yaml
+
+        parser = self._parser(self.subcommand)
+        config = self.config.get(str(self.subcommand), self.config)
+        return yaml.safe_load(parser.dump(config, skip_none=False))
+
 
 def main(args: list[str] | None = None) -> None:
-    args = list(args if args is not None else sys.argv[1:])
-    if args and args[0] == "run":
+    argv = list(args if args is not None else sys.argv[1:])
+    if argv and argv[0] == "run":
         # Recipes are a layer above LightningCLI: one command that runs fit/merge/test configs.
         from neuroflow.pipeline.command import main as run_main
 
-        run_main(args[1:])
+        run_main(argv[1:])
         return
     NeuroflowCLI(
         model_class=None,
@@ -39,6 +58,7 @@ def main(args: list[str] | None = None) -> None:
         subclass_mode_data=True,
         parser_kwargs={"parser_mode": "omegaconf"},
         save_config_kwargs={"overwrite": True},
+        # None lets LightningCLI read sys.argv itself (it warns when given both).
         args=args,
         auto_configure_optimizers=False,
     )

@@ -1,0 +1,146 @@
+"""`ExpertCollector`: turns a finished fit into an expert in a shared experts directory."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+
+from neuroflow.experts.artifacts import SAVE_FORMATS, save_expert
+from neuroflow.experts.fingerprint import fingerprint_state_dict
+
+
+class ExpertCollector(Callback):
+    """When a fit ends, writes the best weights as an expert and registers it in the manifest.
+
+    The weights come from the best checkpoint of the `ModelCheckpoint` that monitors the same
+    metric (loaded with `weights_only=True`; the module keeps them afterwards), else from the
+    final state. Only global rank 0 writes. Several fits may share one `experts_dir`.
+
+    Args:
+        experts_dir: the shared experts directory (created if needed).
+        monitor: metric that selects the best weights; None = take the final weights.
+        mode: `max` or `min` for `monitor`.
+        save_format: for full fine-tuning, `task_vector` (fine-tuned minus pre-trained, float32)
+            or `weights` (the fine-tuned backbone); LoRA fits always save the peft adapter.
+        name: the expert's name (its folder); default: the task name (tasks joined by `+`).
+    """
+
+    def __init__(
+        self,
+        experts_dir: str = "runs/experts",
+        monitor: str | None = "val/avg/score",
+        mode: Literal["max", "min"] = "max",
+        save_format: Literal["task_vector", "weights"] = "task_vector",
+        name: str | None = None,
+    ) -> None:
+        if mode not in ("max", "min"):
+            raise ValueError(f"ExpertCollector: mode must be 'max' or 'min', got {mode!r}")
+        if save_format not in SAVE_FORMATS:
+            raise ValueError(f"ExpertCollector: save_format {save_format!r} is not one of {list(SAVE_FORMATS)}")
+        self.experts_dir = Path(experts_dir)
+        self.monitor = monitor
+        self.mode = mode
+        self.save_format = save_format
+        self.name = name
+        self.run_config: dict[str, Any] | None = None  # set by the CLI: the resolved config
+        self.best_score: float | None = None
+        self.best_metrics: dict[str, float] = {}
+        self.last_metrics: dict[str, float] = {}
+        self.entry: dict[str, Any] | None = None
+        self._base_state: dict[str, torch.Tensor] | None = None
+        self._base_fingerprint: str | None = None
+
+    @property
+    def state_key(self) -> str:
+        return f"ExpertCollector[{self.experts_dir}|{self.name}]"
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best_score": self.best_score, "best_metrics": self.best_metrics}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.best_score = state_dict.get("best_score")
+        self.best_metrics = dict(state_dict.get("best_metrics") or {})
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        if not hasattr(pl_module, "backbone_state_dict"):
+            raise TypeError(f"ExpertCollector needs a neuroflow MultiTaskModule, got {type(pl_module).__name__}")
+        if trainer.is_global_zero:
+            self.experts_dir.mkdir(parents=True, exist_ok=True)
+            if not os.access(self.experts_dir, os.W_OK):
+                raise PermissionError(f"ExpertCollector: cannot write to experts_dir {self.experts_dir}")
+        # `setup` runs before a `ckpt_path` checkpoint is restored, so these are the pre-trained
+        # weights even when a fit resumes.
+        base = pl_module.backbone_state_dict()
+        self._base_fingerprint = fingerprint_state_dict(base)
+        needs_base = self.save_format == "task_vector" and not pl_module.hparams.get("lora")
+        self._base_state = {k: v.detach().to("cpu", copy=True) for k, v in base.items()} if needs_base else None
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        self.last_metrics = metrics
+        if self.monitor is None or self.monitor not in metrics:
+            return
+        score = metrics[self.monitor]
+        better = self.best_score is None or (score > self.best_score if self.mode == "max" else score < self.best_score)
+        if better:
+            self.best_score, self.best_metrics = score, metrics
+
+    def _best_checkpoint(self, trainer: Trainer) -> str | None:
+        if self.monitor is None:
+            return None
+        for callback in trainer.checkpoint_callbacks:
+            if isinstance(callback, ModelCheckpoint) and callback.monitor == self.monitor:
+                path = callback.best_model_path
+                if path and Path(path).is_file():
+                    return path
+        rank_zero_warn(
+            f"ExpertCollector: no ModelCheckpoint monitoring {self.monitor!r} saved a checkpoint; "
+            "the expert gets the final weights"
+        )
+        return None
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        checkpoint = self._best_checkpoint(trainer)
+        metrics = self.last_metrics
+        if checkpoint is not None:
+            state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+            pl_module.load_state_dict(state)
+            metrics = self.best_metrics or {self.monitor: float(trainer.checkpoint_callback.best_model_score)}
+        if trainer.is_global_zero:
+            config = self.run_config if self.run_config is not None else {"model": _plain(dict(pl_module.hparams))}
+            self.entry = save_expert(
+                self.experts_dir,
+                pl_module,
+                base_state=self._base_state,
+                base_fingerprint=self._base_fingerprint or fingerprint_state_dict(pl_module.backbone_state_dict()),
+                save_format=self.save_format,
+                name=self.name,
+                metrics=metrics,
+                monitor=self.monitor if checkpoint else None,
+                checkpoint=str(Path(checkpoint).resolve()) if checkpoint else None,
+                config=config,
+            )
+            rank_zero_info(f"ExpertCollector: wrote expert {self.entry['name']!r} to {self.experts_dir}")
+        self._base_state = None
+        trainer.strategy.barrier("expert_collector")
+
+
+def _plain(value: Any) -> Any:
+    """JSON-friendly copy of hyper-parameters (anything exotic becomes its string)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)

@@ -1,0 +1,130 @@
+"""The experts directory's index: one `expert.json` per expert, and an aggregate `manifest.json`.
+
+Each fit writes only its own `<name>/expert.json`, so concurrent fits (several processes or
+machines on a shared filesystem) cannot overwrite each other's entries. `manifest.json` is a
+derived view, rebuilt from all entry files under an `fcntl` lock and replaced atomically.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+MANIFEST = "manifest.json"
+ENTRY = "expert.json"
+LOCK = ".manifest.lock"
+MANIFEST_VERSION = 1
+REQUIRED_KEYS = ("name", "task", "base_model", "base_fingerprint", "family", "mode", "backbone")
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write `text` to a temporary file next to `path`, fsync it, then `os.replace` it in."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: str | os.PathLike, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+@contextmanager
+def manifest_lock(experts_dir: str | os.PathLike) -> Iterator[None]:
+    """Exclusive advisory lock on the experts directory (blocks until free)."""
+    experts_dir = Path(experts_dir)
+    experts_dir.mkdir(parents=True, exist_ok=True)
+    with open(experts_dir / LOCK, "a+") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def read_entry(path: str | os.PathLike) -> dict[str, Any]:
+    """Parse and check one `expert.json`.
+
+    Raises:
+        ValueError: unreadable JSON or missing keys, naming the file.
+    """
+    path = Path(path)
+    try:
+        entry = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: cannot read the expert entry: {err}") from err
+    if not isinstance(entry, dict):
+        raise ValueError(f"{path}: an expert entry must be a JSON object")
+    missing = [k for k in REQUIRED_KEYS if k not in entry]
+    if missing:
+        raise ValueError(f"{path}: expert entry lacks {missing}")
+    return entry
+
+
+def _scan_entries(experts_dir: Path) -> list[dict[str, Any]]:
+    entries = [read_entry(p) for p in sorted(experts_dir.glob(f"*/{ENTRY}")) if not p.parent.name.startswith(".")]
+    return sorted(entries, key=lambda e: e["name"])
+
+
+def rebuild_manifest(experts_dir: str | os.PathLike) -> dict[str, Any]:
+    """Rebuild `manifest.json` from every `<name>/expert.json` (under the lock) and return it."""
+    experts_dir = Path(experts_dir)
+    with manifest_lock(experts_dir):
+        manifest = {"version": MANIFEST_VERSION, "experts": _scan_entries(experts_dir)}
+        atomic_write_json(experts_dir / MANIFEST, manifest)
+    return manifest
+
+
+def load_manifest(experts_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """The expert entries of a directory, sorted by name.
+
+    Reads the per-expert `expert.json` files (the source of truth); falls back to
+    `manifest.json` when there are none (e.g. a manifest copied on its own).
+
+    Args:
+        experts_dir: the experts directory.
+
+    Raises:
+        FileNotFoundError: the directory holds no experts.
+        ValueError: a malformed entry, naming its file.
+    """
+    experts_dir = Path(experts_dir)
+    if not experts_dir.is_dir():
+        raise FileNotFoundError(f"experts directory {experts_dir} does not exist")
+    entries = _scan_entries(experts_dir)
+    if entries:
+        return entries
+    manifest_path = experts_dir / MANIFEST
+    if manifest_path.is_file():
+        try:
+            data = json.loads(manifest_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{manifest_path}: invalid JSON: {err}") from err
+        return sorted(data.get("experts", []), key=lambda e: e["name"])
+    raise FileNotFoundError(f"no experts in {experts_dir} (no */{ENTRY} and no {MANIFEST})")
+
+
+def find_expert(experts_dir: str | os.PathLike, name: str) -> dict[str, Any]:
+    """The entry named `name` (an expert's name is its task name for single-task fits).
+
+    Raises:
+        KeyError: no such expert; lists the ones present.
+    """
+    entries = load_manifest(experts_dir)
+    for entry in entries:
+        if entry["name"] == name:
+            return entry
+    raise KeyError(f"no expert {name!r} in {experts_dir}; experts: {[e['name'] for e in entries]}")
