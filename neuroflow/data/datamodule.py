@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -60,8 +59,8 @@ class MultiTaskDataModule(LightningDataModule):
         seed: seed of the training shuffle and task mixing (splits and caps use each task's
             `split_seed`, so they do not change with it).
         drop_last: drop each task's last incomplete training batch.
-        cache_dir: cache of tokenized splits (and of `datasets` builders); default
-            `$NEUROFLOW_CACHE_DIR`, else `~/.cache/neuroflow`.
+        cache_dir: cache of tokenized splits; default `$NEUROFLOW_CACHE_DIR`, else
+            `~/.cache/neuroflow`.
         image_size: side of the square images fed to the model.
         num_channels: image channels fed to the model (1 or 3).
         image_mean: per-channel normalization mean (1 value or `num_channels`).
@@ -193,8 +192,9 @@ class MultiTaskDataModule(LightningDataModule):
 
     def _raw_task(self, spec: TaskSpec) -> datasets.DatasetDict:
         if spec.name not in self._raw:
-            hf_cache = os.path.join(self.cache_dir, "datasets")
-            self._raw[spec.name] = load_task(spec, self.data_dir, cache_dir=hf_cache)
+            # Builder/hub sources use the standard `datasets` cache ($HF_DATASETS_CACHE), where
+            # datasets downloaded earlier (e.g. before going offline) already are.
+            self._raw[spec.name] = load_task(spec, self.data_dir)
         return self._raw[spec.name]
 
     def _build(self, split: str) -> dict[str, datasets.Dataset]:
