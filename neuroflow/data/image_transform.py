@@ -85,10 +85,14 @@ class ImageTransform:
         else:
             tensors = [to_chw(img).unsqueeze(0) for img in images]
         if self.processor is not None:
-            rgb = [(self._to_rgb(t)[0].permute(1, 2, 0) * 255).round().to(torch.uint8).numpy() for t in tensors]
+            rgb = [(img.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
+                   for t in tensors for img in self._to_rgb(t)]
             return self.processor(images=rgb, return_tensors="pt")["pixel_values"]
         # Resize one by one only when sizes differ (hub datasets); stored arrays share one size.
-        same = len({tuple(t.shape[1:]) for t in tensors}) == 1
+        same = len({tuple(t.shape[-2:]) for t in tensors}) == 1
+        if not same and self.image_size is None:
+            sizes = sorted({tuple(t.shape[-2:]) for t in tensors})
+            raise ValueError(f"images of different sizes {sizes[:4]} in one batch: set image_size")
         x = torch.cat(tensors) if same else torch.cat([self._resize(self._channels(t)) for t in tensors])
         x = self._resize(self._channels(x)).clamp(0.0, 1.0)
         return ((x - self.mean) / self.std).contiguous()

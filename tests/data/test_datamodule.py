@@ -160,3 +160,17 @@ def test_as_text2text_verbalizes_builtin_classification_tasks(real_data_dir, cac
         assert ids == minilm_tokenizer(text_target=word)["input_ids"]
     first = minilm_tokenizer.decode(batch["input_ids"][0], skip_special_tokens=True)
     assert first.startswith("trec :") or first.startswith("trec:")
+
+
+def test_image_processor_from_a_model_path(real_data_dir, cache, tmp_path):
+    from transformers import ViTImageProcessor
+
+    ViTImageProcessor(size={"height": 24, "width": 24}, image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(
+        tmp_path / "vit")
+    dm = MultiTaskDataModule(["sklearn_digits"], data_dir=real_data_dir, cache_dir=cache, eval_batch_size=7,
+                             image_processor=str(tmp_path / "vit"))
+    dm.setup("validate")
+    batch = next(iter(dm.val_dataloader()[0]))
+    assert batch["pixel_values"].shape == (7, 3, 24, 24)
+    assert batch["pixel_values"].min() >= -1.0 - 1e-6 and batch["pixel_values"].max() <= 1.0 + 1e-6
+    assert batch["pixel_values"].max() > 0.9  # white strokes after the processor's own rescale

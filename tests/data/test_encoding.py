@@ -142,3 +142,15 @@ def test_format_inputs_templates_and_pairs():
     t2t = make_spec(kind="text2text", text_pair_column="h", input_template="nli: {text}")
     assert format_inputs(t2t, ["a"], ["b"]) == (["nli: a b"], None)
     assert format_inputs(make_spec(), ["a"], None) == (["a"], None)
+
+
+def test_images_of_different_sizes_are_resized_one_by_one():
+    from PIL import Image
+
+    small = Image.fromarray(np.full((6, 4), 255, dtype=np.uint8))
+    large = Image.fromarray(np.zeros((20, 30, 3), dtype=np.uint8))
+    x = ImageTransform(image_size=8, num_channels=3, mean=[0.0], std=[1.0])([small, large])
+    assert x.shape == (2, 3, 8, 8)
+    assert torch.allclose(x[0], torch.ones(3, 8, 8), atol=1e-5) and x[1].abs().max() == 0
+    with pytest.raises(ValueError, match="images of different sizes .* set image_size"):
+        ImageTransform(image_size=None)([small, large])
