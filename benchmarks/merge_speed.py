@@ -1,6 +1,7 @@
 """NeuroMerging speed: neuroflow's batched Gram kernel vs a straightforward per-neuron SVD loop.
 
-Run: `python benchmarks/merge_speed.py` (options: `--experts 8 --vocab 8192 --layers 2 --dtype float32`).
+Run: `python benchmarks/merge_speed.py` (options: `--experts 8 --vocab 8192 --layers 2 --dtype float32
+--threads 1`).
 
 Builds seeded synthetic MiniLM-shaped weights (a vocab x 384 embedding; per layer 4 x (384x384)
 attention projections, the 1536x384 and 384x1536 feed-forward weights, their biases and two
@@ -75,7 +76,10 @@ def _disjoint_mean(x: Tensor, fallback_group: bool = True) -> Tensor:
 
 
 def per_neuron_neuromerging(
-    base: dict[str, Tensor], experts: list[dict[str, Tensor]], mask_rate: float = 0.8
+    base: dict[str, Tensor],
+    experts: list[dict[str, Tensor]],
+    mask_rate: float = 0.8,
+    svd_dtype: torch.dtype | None = None,
 ) -> dict[str, Tensor]:
     """The straightforward NeuroMerging Lite: concatenated kthvalue, one SVD per neuron.
 
@@ -83,6 +87,7 @@ def per_neuron_neuromerging(
         base: pre-trained weights (2-D tensors are neurons by rows, others points).
         experts: fine-tuned weights.
         mask_rate: fraction of entries dropped per task.
+        svd_dtype: dtype of each neuron's SVD and coordinates (default: the computation dtype).
     """
     dtype = torch.float64 if next(iter(base.values())).dtype == torch.float64 else torch.float32
     names = list(base)
@@ -109,10 +114,10 @@ def per_neuron_neuromerging(
             w0 = w[r]
             norm_sq = w0 @ w0
             s = x[:, r] @ w0 / norm_sq if norm_sq > 0 else torch.zeros(x.shape[0], dtype=dtype)
-            a = x[:, r] - s[:, None] * w0
+            a = (x[:, r] - s[:, None] * w0).to(svd_dtype or dtype)
             _, _, vh = torch.linalg.svd(a, full_matrices=False)
             c = _disjoint_mean(a @ vh.T)
-            psi[r] = vh.T @ c
+            psi[r] = (vh.T @ c).to(dtype)
         out[n] = (w + lam * psi).to(base[n].dtype)
     return out
 
@@ -127,6 +132,7 @@ def _rss_bytes(field: str) -> int:
 
 def _measure_memory(args: argparse.Namespace, which: str) -> dict:
     """Peak resident memory over the inputs of one implementation (run in a fresh process)."""
+    torch.set_num_threads(args.threads)
     base, experts = build_weights(args.experts, args.vocab, args.layers, getattr(torch, args.dtype))
     inputs = sum(t.numel() * t.element_size() for sd in [base, *experts] for t in sd.values())
     before = _rss_bytes("VmRSS")
@@ -160,6 +166,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--mask-rate", type=float, default=0.8)
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads for both sides")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     parser.add_argument("--memory-child", choices=["fast", "baseline"], help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -167,27 +174,45 @@ def main(argv: list[str] | None = None) -> dict:
         print(json.dumps(_measure_memory(args, args.memory_child)))
         return {}
 
-    base, experts = build_weights(args.experts, args.vocab, args.layers, getattr(torch, args.dtype))
+    torch.set_num_threads(args.threads)
+    dtype = getattr(torch, args.dtype)
+    base, experts = build_weights(args.experts, args.vocab, args.layers, dtype)
     numel = sum(t.numel() for t in base.values())
     print(f"{len(base)} tensors, {numel / 1e6:.2f} M parameters, {args.experts} experts, {args.dtype}, "
-          f"mask_rate {args.mask_rate}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+          f"mask_rate {args.mask_rate}, torch {torch.__version__}, {torch.get_num_threads()} thread(s)")
 
-    t0 = time.perf_counter()
-    fast = merge(base, experts, NeuroMerging(mask_rate=args.mask_rate)).state_dict
-    t_fast = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    slow = per_neuron_neuromerging(base, experts, args.mask_rate)
-    t_slow = time.perf_counter() - t0
-    err = _max_relative_error(fast, slow, base)
-    report = {"fast_s": t_fast, "per_neuron_svd_s": t_slow, "speedup": t_slow / t_fast, "max_rel_error": err}
-    print(f"neuroflow (batched Gram)  : {t_fast:8.2f} s")
-    print(f"per-neuron torch.linalg.svd: {t_slow:8.2f} s")
-    print(f"speed-up                  : {t_slow / t_fast:8.1f} x")
-    print(f"max relative error        : {err:.2e}  (max |delta diff| / max |delta|, worst tensor)")
+    # Warm-up: first calls load LAPACK kernels and grow the allocator; neither side should pay it.
+    tiny_base, tiny_experts = build_weights(2, 16, 1, dtype, seed=1)
+    merge(tiny_base, tiny_experts, NeuroMerging(mask_rate=args.mask_rate))
+    per_neuron_neuromerging({k: v[:8] for k, v in tiny_base.items()}, [{k: v[:8] for k, v in e.items()} for e in tiny_experts])
 
+    def timed(fn):
+        wall, cpu = time.perf_counter(), time.process_time()
+        out = fn()
+        return out, time.perf_counter() - wall, time.process_time() - cpu
+
+    fast, t_fast, c_fast = timed(lambda: merge(base, experts, NeuroMerging(mask_rate=args.mask_rate)).state_dict)
+    rows = [("neuroflow (batched Gram + eigh)", t_fast, c_fast, None)]
+    report = {"fast_s": t_fast, "fast_cpu_s": c_fast}
+    svd_dtypes = [dtype] if dtype == torch.float64 else [dtype, torch.float64]
+    for svd_dtype in svd_dtypes:
+        slow, t_slow, c_slow = timed(lambda: per_neuron_neuromerging(base, experts, args.mask_rate, svd_dtype))
+        label = str(svd_dtype).replace("torch.", "")
+        err = _max_relative_error(fast, slow, base)
+        rows.append((f"per-neuron torch.linalg.svd ({label} SVD)", t_slow, c_slow, err))
+        report[f"per_neuron_{label}_s"] = t_slow
+        report[f"per_neuron_{label}_cpu_s"] = c_slow
+        report[f"speedup_vs_{label}"] = t_slow / t_fast
+        report[f"max_rel_error_vs_{label}"] = err
+    print(f"{'implementation':44s} {'wall s':>8s} {'cpu s':>8s} {'speed-up':>9s} {'max rel err':>12s}")
+    for label, wall, cpu, err in rows:
+        speed = "" if err is None else f"{wall / t_fast:8.1f}x"
+        err_text = "" if err is None else f"{err:12.2e}"
+        print(f"{label:44s} {wall:8.2f} {cpu:8.2f} {speed:>9s} {err_text}")
+    print("max rel err: max over tensors of max |delta - delta_ref| / max |delta_ref|, delta = merged - base")
     if not args.no_memory and os.path.exists("/proc/self/clear_refs"):
         for which in ("fast", "baseline"):
-            child = [sys.executable, __file__, "--memory-child", which, "--experts", str(args.experts),
+            child = [sys.executable, __file__, "--memory-child", which, "--threads", str(args.threads), "--experts", str(args.experts),
                      "--vocab", str(args.vocab), "--layers", str(args.layers), "--mask-rate", str(args.mask_rate),
                      "--dtype", args.dtype]
             mem = json.loads(subprocess.run(child, check=True, capture_output=True, text=True).stdout)

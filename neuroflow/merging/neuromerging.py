@@ -27,30 +27,11 @@ from neuroflow.merging.routing import Route
 from neuroflow.merging.steps import ties_merge, trim_tasks_
 from neuroflow.merging.task_vectors import TaskVectors
 
-# Neurons per Gram/eigh batch: bounds the float64 temporaries to ~ T x 4096 x fan_in.
-_ROW_CHUNK = 4096
+# Scalars (T x rows x fan_in) per block of neurons processed together.
+_CHUNK_ELEMENTS = 1 << 18
 # Gram eigenvalues below this fraction of the largest (times T) are round-off: float64 resolves
 # eigenvalues down to ~eps * lambda_max, i.e. singular values down to ~1e-8 of the largest.
 _EIG_RTOL = 16 * torch.finfo(torch.float64).eps
-
-
-def project_neurons(w0: Tensor, task_rows: Tensor) -> tuple[Tensor, Tensor]:
-    """Projection coefficients `s_t = <tau_t, w0> / <w0, w0>` and orthogonal parts `tau_t - s_t w0`.
-
-    Where `<w0, w0> == 0`, `s_t = 0` and the whole row is orthogonal (the reference divides by zero).
-
-    Args:
-        w0: pre-trained rows, shape `(R, n)`.
-        task_rows: trimmed task rows, shape `(T, R, n)`.
-
-    Returns:
-        `s` of shape `(T, R)` and the orthogonal rows of shape `(T, R, n)`.
-    """
-    norm_sq = (w0 * w0).sum(dim=-1)
-    dots = torch.einsum("trn,rn->tr", task_rows, w0)
-    safe = torch.where(norm_sq > 0, norm_sq, torch.ones((), dtype=norm_sq.dtype))
-    s = torch.where(norm_sq > 0, dots / safe, torch.zeros((), dtype=dots.dtype))
-    return s, task_rows - s[..., None] * w0
 
 
 def merge_parallel(w0: Tensor, s: Tensor) -> Tensor:
@@ -66,31 +47,44 @@ def merge_parallel(w0: Tensor, s: Tensor) -> Tensor:
     return merged[:, None] * unit
 
 
-def merge_orthogonal(orth: Tensor) -> Tensor:
-    """`psi_orth` per neuron: disjoint mean in each neuron's own SVD coordinates, batched.
+def merge_orthogonal(w0: Tensor, task_rows: Tensor) -> tuple[Tensor, Tensor]:
+    """Projection coefficients and `psi_orth` per neuron, batched, without materialising the
+    orthogonal rows.
+
+    With `A_t = x_t - s_t w0` and `s_t = <x_t, w0> / q`, `q = <w0, w0>`: the Gram matrix is
+    `A A^T = X X^T - q s s^T` and `psi_orth = A^T w = X^T w - (s . w) w0`.
 
     Args:
-        orth: orthogonal rows, shape `(T, R, n)`.
+        w0: pre-trained rows, shape `(R, n)`.
+        task_rows: trimmed task rows, shape `(T, R, n)`.
 
     Returns:
-        shape `(R, n)`, in the dtype of `orth`.
+        `s` of shape `(T, R)` and `psi_orth` of shape `(R, n)`, in the dtype of `task_rows`.
     """
-    num_tasks, rows, _ = orth.shape
-    out = torch.empty(orth.shape[1:], dtype=orth.dtype)
-    for start in range(0, rows, _ROW_CHUNK):
-        a = orth[:, start : start + _ROW_CHUNK]
-        a64 = a.to(torch.float64)
-        gram = torch.einsum("trn,srn->rts", a64, a64)
-        eigvals, u = torch.linalg.eigh(gram)  # (r, T), (r, T, T); column j of u is component j
-        keep = eigvals > _EIG_RTOL * num_tasks * eigvals.amax(dim=-1, keepdim=True).clamp(min=0)
-        # A zero task row has exactly-zero coordinates in C, so it must not count in the disjoint
-        # mean; eigh leaves round-off there instead of exact zeros.
-        live_task = (a != 0).any(dim=-1).T  # (r, T)
-        coords = (u * keep[:, None, :] * live_task[:, :, None]).permute(1, 0, 2)  # (T, r, comps) ~ C
-        m = ties_merge(coords, group_dim=2)  # (r, comps); the tie group is one neuron's components
-        weights = torch.einsum("rtj,rj->tr", u, m)  # psi = A^T (U m)
-        out[start : start + _ROW_CHUNK] = torch.einsum("trn,tr->rn", a, weights.to(a.dtype))
-    return out
+    num_tasks = task_rows.shape[0]
+    # Gram and coefficients in float64, so the eigenvectors (hence the sign elections) are those
+    # of the given rows' exact Gram matrix even for float32 inputs.
+    x64 = task_rows.to(torch.float64)
+    w64 = w0.to(torch.float64)
+    norm_sq = (w64 * w64).sum(dim=-1)
+    dots = torch.einsum("trn,rn->tr", x64, w64)
+    s64 = torch.where(norm_sq > 0, dots / torch.where(norm_sq > 0, norm_sq, 1.0), 0.0)
+    gram = torch.einsum("trn,srn->rts", x64, x64)
+    del x64
+    # A zero task row has exactly-zero coordinates in C and must not count in the disjoint mean
+    # (eigh leaves round-off there). Its squared norm is exactly 0 (squares of float32 values
+    # cannot underflow in float64; float64 rows below ~1e-154 count as zero).
+    live_task = torch.diagonal(gram, dim1=-2, dim2=-1) > 0  # (R, T)
+    gram -= norm_sq[:, None, None] * s64.T[:, :, None] * s64.T[:, None, :]
+    eigvals, u = torch.linalg.eigh(gram)  # (R, T), (R, T, T); column j of u is component j
+    keep = eigvals > _EIG_RTOL * num_tasks * eigvals.amax(dim=-1, keepdim=True).clamp(min=0)
+    coords = (u * keep[:, None, :] * live_task[:, :, None]).permute(1, 0, 2)  # (T, R, comps) ~ C
+    m = ties_merge(coords, group_dim=2)  # (R, comps); the tie group is one neuron's components
+    weights = torch.einsum("rtj,rj->tr", u, m)  # psi = A^T (U m)
+    along_w0 = (s64 * weights).sum(dim=0)  # (R,)
+    psi = torch.einsum("trn,tr->rn", task_rows, weights.to(task_rows.dtype))
+    psi -= along_w0.to(task_rows.dtype)[:, None] * w0
+    return s64.to(task_rows.dtype), psi
 
 
 def neuron_merge(w0: Tensor, task_rows: Tensor) -> tuple[Tensor, Tensor]:
@@ -100,8 +94,8 @@ def neuron_merge(w0: Tensor, task_rows: Tensor) -> tuple[Tensor, Tensor]:
         w0: pre-trained rows, shape `(R, n)`.
         task_rows: trimmed task rows, shape `(T, R, n)`.
     """
-    s, orth = project_neurons(w0, task_rows)
-    return merge_parallel(w0, s), merge_orthogonal(orth)
+    s, psi_orth = merge_orthogonal(w0, task_rows)
+    return merge_parallel(w0, s), psi_orth
 
 
 class NeuroMerging(MergeMethod):
@@ -138,13 +132,20 @@ class NeuroMerging(MergeMethod):
         return {"trim": trim, "lambda_1": self.lambda_1, "lambda_2": lambda_2, "mode": self.mode}
 
     def merge_tensor(self, name: str, base: Tensor, task_vectors: Tensor, route: Route, stats: dict[str, Any]) -> Tensor:
-        trimmed = trim_tasks_(task_vectors, stats["trim"].thresholds)
+        thresholds = stats["trim"].thresholds
         if route.kind != "neuron":
-            return stats["lambda_2"] * ties_merge(trimmed)
+            return stats["lambda_2"] * ties_merge(trim_tasks_(task_vectors, thresholds))
         w0 = route.to_neurons(base)
-        s, orth = project_neurons(w0, route.to_neurons(trimmed, leading=1))
-        del trimmed
-        delta = stats["lambda_2"] * merge_orthogonal(orth)
+        rows = route.to_neurons(task_vectors, leading=1)
+        rows_per_chunk = max(1, _CHUNK_ELEMENTS // (rows.shape[0] * rows.shape[2]))
+        s = torch.empty(rows.shape[:2], dtype=rows.dtype)
+        delta = torch.empty_like(w0)
+        # Row blocks keep every temporary small (and cache-resident) instead of a T x R x n buffer
+        # per step; only the parallel part needs all rows at once (its tie group is the tensor).
+        for start in range(0, w0.shape[0], rows_per_chunk):
+            block = slice(start, start + rows_per_chunk)
+            s[:, block], delta[block] = merge_orthogonal(w0[block], trim_tasks_(rows[:, block], thresholds))
+        delta *= stats["lambda_2"]
         if self.lambda_1 != 0.0:
             delta += self.lambda_1 * merge_parallel(w0, s)
         return route.from_neurons(delta, base.shape)

@@ -1,19 +1,26 @@
 """Exact, streamed magnitude thresholds: the k-th smallest `|tau_t|` over a whole model.
 
 The global trim of TIES and NeuroMerging needs, per task, `kthvalue` of `|tau_t|` over every merged
-scalar. Concatenating the model into one vector costs O(model) memory per task; instead this module
-runs a radix select over the IEEE bit patterns. For non-negative floats (including +0, subnormals
-and inf) the bit pattern read as a signed integer is ordered like the value, so selecting the k-th
-smallest integer selects the k-th smallest float exactly. Each pass streams every tensor once and
-builds, per task, a histogram of the next 16 bits among the entries whose higher bits match the
-prefix chosen so far: 2 passes for float32, 4 for float64. The mass below the chosen bucket is
-accumulated on the way, which gives the removed L1 mass (`sigma_t`) without another pass.
+scalar, and the L1 mass below it (`sigma_t`). Concatenating the model into one vector costs
+O(model) memory per task; this module never does. The stream hands out `(T, m)` blocks, tensor by
+tensor, and two exact strategies use it:
+
+- window select (default): a strided sample (~2^16 scalars per task) brackets the k-th value
+  between two sample order statistics 6 standard deviations apart; one full pass then counts the
+  entries below the bracket (and their mass) and keeps the few inside it, where `kthvalue` finds the
+  exact answer. If the bracket missed (or holds too many entries) it falls back to:
+- radix select: for non-negative floats (+0, subnormals, inf included) the bit pattern read as a
+  signed integer is ordered like the value, so the k-th smallest pattern is found digit by digit:
+  each pass builds, per task, a histogram of the next 16 bits among the entries matching the prefix
+  chosen so far (2 passes for float32, 4 for float64), accumulating the mass below on the way.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import math
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -21,8 +28,16 @@ from torch import Tensor
 from neuroflow.merging.steps import kth_index
 
 _DIGIT_BITS = 16
-# Entries per task handled by one bincount call: bounds the temporaries of a pass.
-_COLUMN_CHUNK = 1 << 20
+# Entries per task processed at once, and buffered before one bincount call: bounds the
+# temporaries of a pass while keeping the full-width histogram cost amortised.
+_COLUMN_CHUNK = 1 << 18
+# Sample size per task of the window select, and the bracket's half-width in standard deviations
+# of the sample rank (plus a few ranks of slack): a miss only costs the radix fallback.
+_SAMPLE_SIZE = 1 << 16
+_WINDOW_SIGMAS = 6.0
+
+Stream = Callable[[int], Iterable[Tensor]]
+"""`stream(stride)` yields `(T, m)` blocks holding every `stride`-th scalar of every merged tensor."""
 _INT_VIEW = {torch.float32: torch.int32, torch.float64: torch.int64}
 
 
@@ -95,48 +110,142 @@ def _levels(dtype: torch.dtype) -> list[tuple[int, int]]:
     return [(s, min(_DIGIT_BITS, value_bits - s)) for s in shifts]
 
 
+def tensor_stream(tensors: Sequence[Tensor]) -> Stream:
+    """A `Stream` over in-memory tensors, each `(T, ...)` (task values stacked on dim 0).
+
+    Args:
+        tensors: the per-tensor task values.
+    """
+
+    def stream(stride: int = 1) -> Iterable[Tensor]:
+        for values in tensors:
+            yield values.detach().reshape(values.shape[0], -1)[:, ::stride]
+
+    return stream
+
+
 def streamed_trim_statistics(
-    passes: Callable[[], Iterable[Tensor]],
+    stream: Stream,
     num_tasks: int,
+    numel: int,
     mask_rate: float,
     dtype: torch.dtype = torch.float32,
+    strategy: Literal["auto", "radix"] = "auto",
 ) -> TrimStatistics:
     """Exact per-task k-th smallest magnitude and removed-mass ratio, from per-tensor passes.
 
     Args:
-        passes: called once per pass; returns an iterable over the merged tensors, each given as
-            the stacked per-task values of shape `(T, ...)` (any float dtype that `dtype` holds
-            exactly). Every call must yield the same values.
-        num_tasks: T, the size of dim 0 of every yielded tensor.
+        stream: `stream(stride)` yields `(T, m)` blocks of every `stride`-th scalar of every merged
+            tensor (any float dtype that `dtype` holds exactly); each call yields the same values.
+        num_tasks: T, the size of dim 0 of every block.
+        numel: P, the number of merged scalars per task.
         mask_rate: fraction of entries dropped by magnitude, in [0, 1].
         dtype: float32 or float64, the dtype the magnitudes are compared in.
+        strategy: "auto" (window select, radix fallback) or "radix" (always radix select).
     """
     if dtype not in _INT_VIEW:
         raise ValueError(f"selection dtype must be float32 or float64, got {dtype}")
     if not 0.0 <= mask_rate <= 1.0:
         raise ValueError(f"mask_rate must be in [0, 1], got {mask_rate}")
+    if strategy not in ("auto", "radix"):
+        raise ValueError(f"strategy must be 'auto' or 'radix', got {strategy!r}")
+    k = kth_index(numel, mask_rate)
+    if k == 0:
+        return TrimStatistics(mask_rate, numel, 0, [None] * num_tasks, [0.0] * num_tasks)
+    found = _window_select(stream, num_tasks, numel, k, dtype) if strategy == "auto" else None
+    if found is None:
+        found = _radix_select(stream, num_tasks, numel, k, dtype)
+    thresholds, sigma = found
+    return TrimStatistics(mask_rate, numel, k, thresholds, sigma)
+
+
+def _blocks(stream: Stream, stride: int, num_tasks: int, dtype: torch.dtype) -> Iterable[Tensor]:
+    """The stream's blocks as magnitudes in `dtype`, checked for their task count."""
+    for values in stream(stride):
+        if values.shape[0] != num_tasks:
+            raise ValueError(f"expected {num_tasks} task rows, got shape {tuple(values.shape)}")
+        yield values.detach().reshape(num_tasks, -1).abs().to(dtype).contiguous()
+
+
+def _bracket(stream: Stream, num_tasks: int, numel: int, k: int, dtype: torch.dtype) -> tuple[Tensor, Tensor, int]:
+    """Per-task magnitudes `[low, high]` likely to bracket the k-th value, and the most entries
+    per task the full pass may keep inside it."""
+    stride = max(1, numel // _SAMPLE_SIZE)
+    stride += stride > 1 and stride % 2 == 0  # odd: less likely to alias with row lengths
+    if stride == 1:  # small models: everything is a candidate
+        return torch.zeros(num_tasks, dtype=dtype), torch.full((num_tasks,), math.inf, dtype=dtype), numel
+    sample = torch.cat(list(_blocks(stream, stride, num_tasks, dtype)), dim=1)
+    m = sample.shape[1]
+    p = k / numel
+    spread = _WINDOW_SIGMAS * math.sqrt(m * p * (1.0 - p)) + 2.0
+    lo_rank, hi_rank = math.floor(p * m - spread), math.ceil(p * m + spread)  # 0-based
+    low = sample.kthvalue(lo_rank + 1, dim=1).values if lo_rank >= 0 else torch.zeros(num_tasks, dtype=dtype)
+    high = sample.kthvalue(hi_rank + 1, dim=1).values if hi_rank < m else torch.full((num_tasks,), math.inf, dtype=dtype)
+    return low, high, 4 * (hi_rank - lo_rank + 1) * stride + (1 << 16)
+
+
+def _window_select(
+    stream: Stream, num_tasks: int, numel: int, k: int, dtype: torch.dtype
+) -> tuple[list[Tensor], list[float]] | None:
+    """Sample-bracketed exact selection in one full pass; None when the bracket missed."""
+    low, high, cap = _bracket(stream, num_tasks, numel, k, dtype)
+    below_count = torch.zeros(num_tasks, dtype=torch.int64)
+    below_mass = torch.zeros(num_tasks, dtype=torch.float64)
+    total_mass = torch.zeros(num_tasks, dtype=torch.float64)
+    inside: list[list[Tensor]] = [[] for _ in range(num_tasks)]
+    inside_count = [0] * num_tasks
+    seen = 0
+    for magnitude in _blocks(stream, 1, num_tasks, dtype):
+        seen += magnitude.shape[1]
+        # Block sums in the block's dtype (much faster than a float64 reduction), accumulated in
+        # float64 across blocks: sigma_t is exact to a few float32 ulps.
+        total_mass += magnitude.sum(dim=1)
+        below = magnitude < low[:, None]
+        below_count += below.sum(dim=1)
+        below_mass += (magnitude * below).sum(dim=1)
+        within = ~below & (magnitude <= high[:, None])
+        for t in range(num_tasks):
+            if inside_count[t] <= cap:
+                kept = magnitude[t][within[t]]
+                inside[t].append(kept)
+                inside_count[t] += kept.numel()
+    if seen != numel:
+        raise ValueError(f"the stream yielded {seen} scalars per task, expected numel={numel}")
+
+    thresholds, sigma = [], []
+    for t in range(num_tasks):
+        rank = k - int(below_count[t])
+        if inside_count[t] > cap or not 0 < rank <= inside_count[t]:
+            return None  # the bracket missed the k-th value (or was too crowded): radix fallback
+        candidates = torch.cat(inside[t])
+        kth = candidates.kthvalue(rank).values
+        removed = below_mass[t] + candidates[candidates < kth].sum(dtype=torch.float64)
+        thresholds.append(kth.clone())
+        sigma.append(float(removed / total_mass[t]) if total_mass[t] > 0 else 0.0)
+    return thresholds, sigma
+
+
+def _radix_select(
+    stream: Stream, num_tasks: int, numel: int, k: int, dtype: torch.dtype
+) -> tuple[list[Tensor], list[float]]:
+    """Exact selection by 16-bit digits of the magnitudes' bit patterns (2 or 4 passes)."""
     int_dtype = _INT_VIEW[dtype]
     value_bits = torch.finfo(dtype).bits - 1
     prefix = torch.zeros(num_tasks, dtype=torch.int64)  # bits above the current digit
-    rank = torch.zeros(num_tasks, dtype=torch.int64)  # rank still to find inside the prefix
+    rank = torch.full((num_tasks,), k, dtype=torch.int64)  # rank still to find inside the prefix
     mass_below = torch.zeros(num_tasks, dtype=torch.float64)
     total_mass = torch.zeros(num_tasks, dtype=torch.float64)
-    numel = 0
-    k = 0
 
     for level, (shift, width) in enumerate(_levels(dtype)):
         bins = 1 << width
         histogram = _Histogram(num_tasks, bins)
         prefixes = prefix.tolist()
-        for values in passes():
-            if values.shape[0] != num_tasks:
-                raise ValueError(f"expected {num_tasks} task rows, got shape {tuple(values.shape)}")
-            flat = values.detach().reshape(num_tasks, -1)
-            if level == 0:
-                numel += flat.shape[1]
-            for start in range(0, flat.shape[1], _COLUMN_CHUNK):
+        seen = 0
+        for block in _blocks(stream, 1, num_tasks, dtype):
+            seen += block.shape[1]
+            for start in range(0, block.shape[1], _COLUMN_CHUNK):
                 for t in range(num_tasks):
-                    magnitude = flat[t, start : start + _COLUMN_CHUNK].abs().to(dtype)
+                    magnitude = block[t, start : start + _COLUMN_CHUNK]
                     bits = magnitude.view(int_dtype)
                     if level > 0:
                         # Only entries inside the bucket chosen so far can hold the k-th value.
@@ -146,13 +255,11 @@ def streamed_trim_statistics(
                     if shift + width < value_bits:
                         digit = digit & (bins - 1)
                     histogram.add(t, digit, magnitude)
+        if seen != numel:
+            raise ValueError(f"the stream yielded {seen} scalars per task, expected numel={numel}")
         counts, mass = histogram.result()
         if level == 0:
             total_mass = mass.sum(dim=1)
-            k = kth_index(numel, mask_rate)
-            if k == 0:
-                break
-            rank.fill_(k)
         cumulative = counts.cumsum(dim=1)
         # First bucket whose cumulative count reaches the rank still to find.
         bucket = torch.searchsorted(cumulative, rank[:, None]).squeeze(1)
@@ -162,11 +269,7 @@ def streamed_trim_statistics(
         mass_below += torch.where(below, mass, 0.0).sum(dim=1)
         prefix = (prefix << width) | bucket
 
-    if k == 0:
-        thresholds: list[Tensor | None] = [None] * num_tasks
-        sigma = [0.0] * num_tasks
-    else:
-        bits = prefix.to(int_dtype)
-        thresholds = [bits[t].view(dtype).clone() for t in range(num_tasks)]
-        sigma = [float(m / tot) if tot > 0 else 0.0 for m, tot in zip(mass_below, total_mass)]
-    return TrimStatistics(mask_rate=mask_rate, numel=numel, k=k, thresholds=thresholds, sigma=sigma)
+    bits = prefix.to(int_dtype)
+    thresholds = [bits[t].view(dtype).clone() for t in range(num_tasks)]
+    sigma = [float(m / tot) if tot > 0 else 0.0 for m, tot in zip(mass_below, total_mass)]
+    return thresholds, sigma

@@ -29,6 +29,25 @@ _SAFETENSORS_DTYPES = {
 }
 
 
+def as_task_vector(
+    stored: Tensor, base: Tensor, dtype: torch.dtype, stored_is_task_vector: bool, out: Tensor | None = None
+) -> Tensor:
+    """`stored - base` (or `stored` itself for stored task vectors) in `dtype`: the one place
+    task vectors are computed, so every pass over them sees bit-identical values.
+
+    Args:
+        stored: what the expert stores (weights or task vector), any float dtype.
+        base: the matching slice of the pre-trained weights.
+        dtype: computation dtype.
+        stored_is_task_vector: `stored` already is `theta_t - theta_0`.
+        out: optional destination of shape `stored.shape` and dtype `dtype`.
+    """
+    stored = stored.to(dtype)
+    if stored_is_task_vector:
+        return stored if out is None else out.copy_(stored)
+    return torch.sub(stored, base.to(dtype), out=out) if out is not None else stored - base.to(dtype)
+
+
 class ExpertSource(ABC):
     """Read access to T experts, one tensor at a time.
 
@@ -58,7 +77,7 @@ class ExpertSource(ABC):
         """How errors name expert `i`."""
         return f"expert {i}"
 
-    def task_vector(self, i: int, name: str, base: Tensor, dtype: torch.dtype) -> Tensor:
+    def task_vector(self, i: int, name: str, base: Tensor, dtype: torch.dtype, out: Tensor | None = None) -> Tensor:
         """`theta_i - theta_0` for tensor `name`, computed in `dtype`.
 
         Args:
@@ -66,9 +85,9 @@ class ExpertSource(ABC):
             name: tensor name.
             base: the pre-trained tensor `theta_0[name]`.
             dtype: computation dtype (float32 or float64).
+            out: optional destination tensor.
         """
-        stored = self.get(i, name).to(dtype)
-        return stored if self.task_vectors else stored - base.to(dtype)
+        return as_task_vector(self.get(i, name), base, dtype, self.task_vectors, out=out)
 
 
 class SafetensorsFile(Mapping[str, Tensor]):

@@ -23,35 +23,31 @@ def kth_index(numel: int, mask_rate: float) -> int:
     return min(numel, max(0, math.floor(numel * mask_rate)))
 
 
-def trim_by_threshold(x: Tensor, threshold: Tensor | float | None) -> Tensor:
-    """Zero every entry with `|x| < threshold`; entries equal to it are kept (ties kept).
-
-    Args:
-        x: values of one task (any shape); returned unchanged when `threshold` is None.
-        threshold: the k-th smallest magnitude, or None for "keep everything".
-    """
-    if threshold is None:
-        return x
-    magnitude = x.abs()
-    if isinstance(threshold, Tensor) and threshold.dtype != x.dtype:
-        # The threshold may come from a wider dtype (mixed-precision models); compare exactly.
-        magnitude = magnitude.to(threshold.dtype)
-    return torch.where(magnitude >= threshold, x, torch.zeros((), dtype=x.dtype))
-
-
 def trim_tasks_(x: Tensor, thresholds: list[Tensor | float | None]) -> Tensor:
-    """Trim each task row of `x` in place by its own threshold (see `trim_by_threshold`); returns `x`.
+    """Zero, in place, every entry of task row t with `|x| < thresholds[t]`; entries equal to the
+    threshold are kept (ties kept). Returns `x`.
 
     Args:
-        x: per-task values, shape `(T, ...)`; modified in place.
+        x: per-task values, shape `(T, ...)`, finite; modified in place.
         thresholds: one threshold per task (None keeps that task whole).
     """
     if len(thresholds) != x.shape[0]:
         raise ValueError(f"got {len(thresholds)} thresholds for {x.shape[0]} tasks")
-    for row, threshold in zip(x, thresholds):
-        if threshold is not None:
-            row.copy_(trim_by_threshold(row, threshold))
-    return x
+    if all(t is None for t in thresholds):
+        return x
+    if any(t is None for t in thresholds):
+        for row, threshold in zip(x, thresholds):
+            if threshold is not None:
+                trim_tasks_(row[None], [threshold])
+        return x
+    limits = torch.stack([torch.as_tensor(t) for t in thresholds])
+    limits = limits.to(torch.promote_types(limits.dtype, x.dtype)).reshape(-1, *([1] * (x.dim() - 1)))
+    magnitude = x.abs()
+    if limits.dtype != x.dtype:
+        # A threshold from a wider dtype (mixed-precision models) is compared exactly.
+        magnitude = magnitude.to(limits.dtype)
+    # Multiplying by the keep mask is about twice as fast as masked_fill_ (inputs are finite).
+    return x.mul_(magnitude >= limits)
 
 
 def tensor_threshold(x: Tensor, mask_rate: float) -> Tensor | None:

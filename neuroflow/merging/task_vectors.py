@@ -15,7 +15,7 @@ from torch import Tensor
 
 from neuroflow.merging.routing import Route
 from neuroflow.merging.select import TrimStatistics, streamed_trim_statistics
-from neuroflow.merging.sources import ExpertSource
+from neuroflow.merging.sources import ExpertSource, as_task_vector
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -59,12 +59,41 @@ class TaskVectors:
         dtype = compute_dtype(base.dtype)
         out = torch.empty((self.num_tasks, *base.shape), dtype=dtype)
         for i in range(self.num_tasks):
-            out[i] = self.experts.task_vector(i, name, base, dtype)
+            self.experts.task_vector(i, name, base, dtype, out=out[i])
         return out
 
     def __iter__(self) -> Iterator[tuple[str, Tensor]]:
         for name in self.names:
             yield name, self.stack(name)
+
+    @property
+    def numel(self) -> int:
+        """Number of merged scalars per task (P)."""
+        return sum(self.base[name].numel() for name in self.names)
+
+    def chunks(self, stride: int = 1, chunk_size: int = 1 << 16) -> Iterator[Tensor]:
+        """Every `stride`-th merged scalar's task values, as `(T, <= chunk_size)` blocks, tensor
+        after tensor (a `select.Stream`).
+
+        Cheaper than `stack` for statistics passes: small blocks are recycled by the allocator
+        instead of faulting in a fresh `T x numel` buffer per tensor. Values are bit-identical to
+        `stack`'s.
+
+        Args:
+            stride: take every `stride`-th scalar of each tensor (a sample when > 1).
+            chunk_size: scalars per task in one block.
+        """
+        for name in self.names:
+            base = self.base[name]
+            dtype = compute_dtype(base.dtype)
+            flat_base = base.detach().reshape(-1)[::stride]
+            stored = [self.experts.get(i, name).detach().reshape(-1)[::stride] for i in range(self.num_tasks)]
+            for start in range(0, flat_base.numel(), chunk_size):
+                block_base = flat_base[start : start + chunk_size]
+                block = torch.empty((self.num_tasks, block_base.numel()), dtype=dtype)
+                for i, values in enumerate(stored):
+                    as_task_vector(values[start : start + chunk_size], block_base, dtype, self.experts.task_vectors, out=block[i])
+                yield block
 
     def trim_statistics(self, mask_rate: float) -> TrimStatistics:
         """Exact per-task global magnitude threshold and removed-mass ratio over all merged tensors.
@@ -74,8 +103,9 @@ class TaskVectors:
         """
         if mask_rate not in self._trim_cache:
             self._trim_cache[mask_rate] = streamed_trim_statistics(
-                lambda: (values for _, values in self),
+                self.chunks,
                 num_tasks=self.num_tasks,
+                numel=self.numel,
                 mask_rate=mask_rate,
                 dtype=self.selection_dtype,
             )

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from neuroflow.merging import NeuroMerging, TaskVectors, DictExperts, merge, merge_state_dicts, neuron_merge, resolve_routing
-from neuroflow.merging.neuromerging import merge_orthogonal, project_neurons
+from neuroflow.merging.neuromerging import merge_orthogonal
 from neuroflow.merging.steps import trim_tasks_
 
 from .helpers import SMALL_SHAPES, load_benchmark, random_model
@@ -62,7 +62,7 @@ def test_zero_base_rows_give_no_nan() -> None:
     trimmed, _ = trimmed_task_vectors(base, experts, 0.3)
     par, orth = neuron_merge(base["lin.weight"], trimmed["lin.weight"])
     assert torch.equal(par[2], torch.zeros(5, dtype=torch.float64))
-    s, _ = project_neurons(base["lin.weight"], trimmed["lin.weight"])
+    s, _ = merge_orthogonal(base["lin.weight"], trimmed["lin.weight"])
     assert torch.equal(s[:, 2], torch.zeros(3, dtype=torch.float64))
     assert orth[2].abs().max() > 0
 
@@ -90,8 +90,8 @@ def test_mask_rate_zero_keeps_everything() -> None:
     stats = result.info["statistics"]
     assert stats["lambda_2"] == 1.0 and stats["trim"]["thresholds"] == [None, None]
     assert stats["trim"]["sigma_per_task"] == [0.0, 0.0]
-    _, orth = project_neurons(base["lin.weight"], torch.stack([e["lin.weight"] - base["lin.weight"] for e in experts]))
-    assert torch.allclose(result.state_dict["lin.weight"] - base["lin.weight"], merge_orthogonal(orth), atol=1e-12)
+    _, psi_orth = merge_orthogonal(base["lin.weight"], torch.stack([e["lin.weight"] - base["lin.weight"] for e in experts]))
+    assert torch.allclose(result.state_dict["lin.weight"] - base["lin.weight"], psi_orth, atol=1e-12)
 
 
 @pytest.mark.parametrize("tasks, fan_in", [(3, 40), (6, 4), (8, 8)])

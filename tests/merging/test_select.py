@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from neuroflow.merging.select import streamed_trim_statistics
+import neuroflow.merging.select as select
+from neuroflow.merging.select import streamed_trim_statistics, tensor_stream
 
 
 def concatenated_truth(tensors: list[torch.Tensor], mask_rate: float):
@@ -40,30 +41,77 @@ def awkward_tensors(dtype: torch.dtype, tasks: int = 3, seed: int = 0) -> list[t
     return [a, b, c, d]
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("mask_rate", [0.0, 0.001, 0.1, 0.5, 0.8, 0.9, 0.999, 1.0])
-def test_threshold_equals_kthvalue_over_concatenation(dtype: torch.dtype, mask_rate: float) -> None:
-    tensors = awkward_tensors(dtype)
-    stats = streamed_trim_statistics(lambda: iter(tensors), num_tasks=3, mask_rate=mask_rate, dtype=dtype)
+def numel_of(tensors: list[torch.Tensor]) -> int:
+    return sum(t[0].numel() for t in tensors)
+
+
+def check_against_truth(tensors, mask_rate, dtype, strategy="auto") -> None:
+    stats = streamed_trim_statistics(
+        tensor_stream(tensors), num_tasks=tensors[0].shape[0], numel=numel_of(tensors), mask_rate=mask_rate,
+        dtype=dtype, strategy=strategy,
+    )
     k, truth = concatenated_truth(tensors, mask_rate)
-    assert stats.k == k and stats.numel == 40 * 7 + 300 + 25 + 5
+    assert stats.k == k and stats.numel == numel_of(tensors)
     for t, (kth, sigma) in enumerate(truth):
         if kth is None:
             assert stats.thresholds[t] is None
         else:
             assert stats.thresholds[t].dtype == dtype
             assert torch.equal(stats.thresholds[t], kth), (t, stats.thresholds[t], kth)
-        assert stats.sigma[t] == pytest.approx(sigma, rel=1e-12, abs=1e-300)
+        # float32 magnitudes are summed in float32 blocks (accumulated in float64).
+        assert stats.sigma[t] == pytest.approx(sigma, rel=1e-12 if dtype == torch.float64 else 1e-6, abs=1e-300)
+
+
+@pytest.mark.parametrize("strategy", ["auto", "radix"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("mask_rate", [0.0, 0.001, 0.1, 0.5, 0.8, 0.9, 0.999, 1.0])
+def test_threshold_equals_kthvalue_over_concatenation(dtype: torch.dtype, mask_rate: float, strategy: str) -> None:
+    check_against_truth(awkward_tensors(dtype), mask_rate, dtype, strategy)
+
+
+@pytest.mark.parametrize("mask_rate", [0.05, 0.5, 0.8, 0.97])
+def test_sampled_window_path(monkeypatch, mask_rate: float) -> None:
+    # A small sample size makes the window select sample (stride > 1) on this small input.
+    monkeypatch.setattr(select, "_SAMPLE_SIZE", 64)
+    check_against_truth(awkward_tensors(torch.float32, seed=5), mask_rate, torch.float32)
+
+
+def test_window_misses_fall_back_to_radix(monkeypatch) -> None:
+    calls = []
+    radix = select._radix_select
+
+    def counting_radix(*args):
+        calls.append(1)
+        return radix(*args)
+
+    monkeypatch.setattr(select, "_radix_select", counting_radix)
+    # A bracket above every value: the full pass finds the k-th value below it and must fall back.
+    monkeypatch.setattr(select, "_bracket", lambda *a: (torch.full((2,), 50.0), torch.full((2,), 60.0), 10))
+    tensors = [torch.randn(2, 1000, generator=torch.Generator().manual_seed(1))]
+    check_against_truth(tensors, 0.8, torch.float32)
+    assert calls, "the radix fallback did not run"
+
+
+def test_crowded_window_falls_back_to_radix(monkeypatch) -> None:
+    # All magnitudes equal: every entry is inside the bracket, more than the cap allows.
+    monkeypatch.setattr(select, "_SAMPLE_SIZE", 4096)
+    tensors = [torch.full((2, 400000), -0.25)]
+    calls = []
+    radix = select._radix_select
+    monkeypatch.setattr(select, "_radix_select", lambda *a: calls.append(1) or radix(*a))
+    check_against_truth(tensors, 0.5, torch.float32)
+    assert calls
 
 
 def test_k_equal_to_p_selects_the_maximum_and_k_zero_keeps_all() -> None:
     x = torch.tensor([[0.5, -2.0, 2.0, 0.0], [-0.0, 0.0, 0.0, 0.0]])
-    full = streamed_trim_statistics(lambda: [x], num_tasks=2, mask_rate=1.0)
-    assert full.k == 4
-    assert full.thresholds[0].item() == 2.0 and full.thresholds[1].item() == 0.0
-    # The removed mass is everything strictly below the threshold: |0.5| + 0 of 4.5 in total.
-    assert full.sigma == pytest.approx([0.5 / 4.5, 0.0])
-    none = streamed_trim_statistics(lambda: [x], num_tasks=2, mask_rate=0.0)
+    for strategy in ("auto", "radix"):
+        full = streamed_trim_statistics(tensor_stream([x]), num_tasks=2, numel=4, mask_rate=1.0, strategy=strategy)
+        assert full.k == 4
+        assert full.thresholds[0].item() == 2.0 and full.thresholds[1].item() == 0.0
+        # The removed mass is everything strictly below the threshold: |0.5| + 0 of 4.5 in total.
+        assert full.sigma == pytest.approx([0.5 / 4.5, 0.0])
+    none = streamed_trim_statistics(tensor_stream([x]), num_tasks=2, numel=4, mask_rate=0.0)
     assert none.k == 0 and none.thresholds == [None, None] and none.sigma == [0.0, 0.0]
 
 
@@ -72,28 +120,30 @@ def test_negative_zero_and_subnormals_order_like_values() -> None:
     x = torch.tensor([[-0.0, tiny / 2, tiny, 1e-45, 0.0]])
     # Sorted magnitudes: 0, 0, 1e-45 (smallest subnormal), tiny/2, tiny.
     expected = [0.0, 0.0, 1e-45, tiny / 2, tiny]
-    for k, value in enumerate(expected, start=1):
-        stats = streamed_trim_statistics(lambda: [x], num_tasks=1, mask_rate=k / 5)
-        assert stats.k == k
-        assert stats.thresholds[0].item() == torch.tensor(value, dtype=torch.float32).item()
+    for strategy in ("auto", "radix"):
+        for k, value in enumerate(expected, start=1):
+            stats = streamed_trim_statistics(tensor_stream([x]), num_tasks=1, numel=5, mask_rate=k / 5, strategy=strategy)
+            assert stats.k == k
+            assert stats.thresholds[0].item() == torch.tensor(value, dtype=torch.float32).item()
 
 
 def test_chunk_boundaries_do_not_change_the_result(monkeypatch) -> None:
-    import neuroflow.merging.select as select
-
     tensors = awkward_tensors(torch.float32, seed=3)
-    whole = streamed_trim_statistics(lambda: iter(tensors), num_tasks=3, mask_rate=0.7)
+    stream, numel = tensor_stream(tensors), numel_of(tensors)
+    whole = streamed_trim_statistics(stream, num_tasks=3, numel=numel, mask_rate=0.7, strategy="radix")
     monkeypatch.setattr(select, "_COLUMN_CHUNK", 53)
-    chunked = streamed_trim_statistics(lambda: iter(tensors), num_tasks=3, mask_rate=0.7)
+    chunked = streamed_trim_statistics(stream, num_tasks=3, numel=numel, mask_rate=0.7, strategy="radix")
     assert all(torch.equal(a, b) for a, b in zip(whole.thresholds, chunked.thresholds))
     assert chunked.sigma == pytest.approx(whole.sigma, rel=1e-12)
 
 
 def test_bad_arguments_are_refused() -> None:
-    x = torch.ones(2, 3)
+    stream = tensor_stream([torch.ones(2, 3)])
     with pytest.raises(ValueError, match="mask_rate"):
-        streamed_trim_statistics(lambda: [x], num_tasks=2, mask_rate=1.5)
+        streamed_trim_statistics(stream, num_tasks=2, numel=3, mask_rate=1.5)
     with pytest.raises(ValueError, match="float32 or float64"):
-        streamed_trim_statistics(lambda: [x], num_tasks=2, mask_rate=0.5, dtype=torch.float16)
+        streamed_trim_statistics(stream, num_tasks=2, numel=3, mask_rate=0.5, dtype=torch.float16)
     with pytest.raises(ValueError, match="task rows"):
-        streamed_trim_statistics(lambda: [x], num_tasks=3, mask_rate=0.5)
+        streamed_trim_statistics(stream, num_tasks=3, numel=3, mask_rate=0.5)
+    with pytest.raises(ValueError, match="expected numel=4"):
+        streamed_trim_statistics(stream, num_tasks=2, numel=4, mask_rate=0.5)

@@ -10,7 +10,6 @@ from neuroflow.merging.steps import (
     kth_index,
     tensor_threshold,
     ties_merge,
-    trim_by_threshold,
     trim_tasks_,
 )
 
@@ -20,9 +19,10 @@ def t(*rows) -> torch.Tensor:
 
 
 def test_trim_keeps_ties_at_the_threshold() -> None:
-    x = torch.tensor([0.5, -1.0, 1.0, -0.2, 2.0])
-    assert torch.equal(trim_by_threshold(x, torch.tensor(1.0)), torch.tensor([0.0, -1.0, 1.0, 0.0, 2.0]))
-    assert trim_by_threshold(x, None) is x
+    x = torch.tensor([[0.5, -1.0, 1.0, -0.2, 2.0]])
+    assert torch.equal(trim_tasks_(x, [torch.tensor(1.0)]), torch.tensor([[0.0, -1.0, 1.0, 0.0, 2.0]]))
+    y = torch.tensor([[0.5, -1.0]])
+    assert torch.equal(trim_tasks_(y, [None]), torch.tensor([[0.5, -1.0]]))
 
 
 def test_tensor_threshold_is_kthvalue_and_zero_rate_keeps_all() -> None:
@@ -38,6 +38,16 @@ def test_trim_tasks_in_place_per_task() -> None:
     out = trim_tasks_(x, [torch.tensor(2.0, dtype=torch.float64), None])
     assert out is x
     assert torch.equal(x, t([0, -2, 3], [-4, 5, -0.5]))
+    z = t([[1, -2], [3, 0.5]], [[-4, 5], [-0.5, 6]])
+    trim_tasks_(z, [2.0, torch.tensor(5.0, dtype=torch.float64)])
+    assert torch.equal(z, t([[0, -2], [3, 0]], [[0, 5], [0, 6]]))
+
+
+def test_trim_compares_exactly_against_a_wider_threshold() -> None:
+    # 1 + 2^-30 is not a float32: the float32 entry 1.0 is below it and must be trimmed.
+    x = torch.tensor([[1.0, 2.0]])
+    trim_tasks_(x, [torch.tensor(1.0 + 2.0**-30, dtype=torch.float64)])
+    assert torch.equal(x, torch.tensor([[0.0, 2.0]]))
 
 
 def test_sign_election_by_mass_and_disjoint_mean() -> None:
