@@ -1,0 +1,3 @@
+from neuroflow.data.summary import main
+
+main()
