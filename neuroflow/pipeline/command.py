@@ -26,6 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--override", dest="override_files", action="append", default=[], metavar="YAML",
                         help="a YAML file deep-merged over the recipe (repeatable), e.g. to point tasks at "
                         "local files")
+    parser.add_argument("--tasks", default=None,
+                        help="comma-separated subset of the recipe's tasks to run (default: all)")
     parser.add_argument("--force", action="store_true",
                         help="retrain experts already in the manifest and rerun every evaluation")
     parser.add_argument("--only", default=None,
@@ -48,7 +50,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     if args.output_dir:
         overrides.append(f"output_dir={args.output_dir}")
     try:
-        recipe = load_recipe(args.recipe, overrides=overrides, override_files=args.override_files)
+        subset = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
+        recipe = load_recipe(args.recipe, overrides=overrides, override_files=args.override_files, tasks=subset)
         only = [g.strip() for g in args.only.split(",") if g.strip()] if args.only else None
         runner = PipelineRunner(recipe, force=args.force, only=only, launcher=args.launcher)
     except (RecipeError, ValueError) as err:

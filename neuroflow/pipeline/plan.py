@@ -68,10 +68,13 @@ def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _drop_nones(source: dict[str, Any]) -> dict[str, Any]:
-    # An override sets a source key to null to remove it (e.g. a hub config name when a local csv
-    # replaces the hub dataset).
-    return {k: v for k, v in source.items() if v is not None}
+def _drop_nones(value: Any) -> Any:
+    # In a recipe's task entry null means "no such key": an override removes a key that way (a hub
+    # config name when a local csv replaces the hub dataset, a split the local files do not have).
+    # Every optional TaskSpec field defaults to None, so dropping is the same as setting None.
+    if isinstance(value, dict):
+        return {k: _drop_nones(v) for k, v in value.items() if v is not None}
+    return value
 
 
 def resolve_task_specs(recipe: Recipe) -> dict[str, dict[str, Any]]:
@@ -90,7 +93,7 @@ def resolve_task_specs(recipe: Recipe) -> dict[str, dict[str, Any]]:
     where = recipe.source_path or "<recipe>"
     specs: dict[str, dict[str, Any]] = {}
     for name, entry in recipe.tasks.items():
-        entry = copy.deepcopy(entry)
+        entry = _drop_nones(copy.deepcopy(entry))
         own_caps = entry.pop("max_examples", None) or {}
         num_labels = entry.pop("num_labels", None)
         if num_labels is not None and "label_names" not in entry:
@@ -110,7 +113,6 @@ def resolve_task_specs(recipe: Recipe) -> dict[str, dict[str, Any]]:
                     data["source"] = dict(source)
                 data = _deep_merge(data, entry)
                 data["name"] = name
-            data["source"] = _drop_nones(dict(data.get("source") or {}))
             data["max_examples"] = {**(data.get("max_examples") or {}), **recipe.caps, **own_caps}
             spec = TaskSpec.from_dict(data, origin=f"{where}: tasks.{name}")
         except ValueError as err:

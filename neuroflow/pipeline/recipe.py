@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
+import yaml
 from omegaconf import OmegaConf
 
 SPLITS = ("train", "validation", "test")
@@ -323,6 +324,7 @@ def load_recipe(
     path: str | Path,
     overrides: list[str] | None = None,
     override_files: list[str | Path] | None = None,
+    tasks: list[str] | None = None,
 ) -> Recipe:
     """Read, override and check a recipe.
 
@@ -335,6 +337,7 @@ def load_recipe(
             "tasks.paws.source.path=csv"]`.
         override_files: YAML files deep-merged over the recipe in order (before `overrides`); the
             way to substitute local sources for hub datasets, or a small model for a big one.
+        tasks: run only these of the recipe's tasks (in this order); None = all.
 
     Raises:
         RecipeError: a missing file, an unknown key, a wrong type or value; the message names it.
@@ -351,13 +354,15 @@ def load_recipe(
         if "tasks" in layer:
             layer.tasks = _normalize_tasks(OmegaConf.to_container(layer.tasks), str(extra))
         layers.append(layer)
-    if overrides:
-        bad = [o for o in overrides if "=" not in o]
-        if bad:
-            raise RecipeError(f"override(s) {bad} must look like key=value")
-        layers.append(OmegaConf.from_dotlist(list(overrides)))
+    bad = [o for o in overrides or [] if "=" not in o]
+    if bad:
+        raise RecipeError(f"override(s) {bad} must look like key=value")
     try:
         merged = OmegaConf.merge(*layers)
+        for item in overrides or []:
+            # `update` (unlike a dotlist merge) also addresses list items: `merges.0.method.init_args.scaling=1`.
+            key, value = item.split("=", 1)
+            OmegaConf.update(merged, key.strip(), yaml.safe_load(value) if value.strip() else None, merge=True)
         data = OmegaConf.to_container(merged, resolve=True)
     except Exception as err:
         raise RecipeError(f"{where}: cannot apply overrides/interpolations: {err}") from err
@@ -365,6 +370,11 @@ def load_recipe(
         if not data.get(key):
             raise RecipeError(f"{where}: `{key}` is required")
     data["tasks"] = _normalize_tasks(data.get("tasks"), where)
+    if tasks:
+        unknown = [t for t in tasks if t not in data["tasks"]]
+        if unknown:
+            raise RecipeError(f"{where}: --tasks {unknown} not in the recipe's tasks {list(data['tasks'])}")
+        data["tasks"] = {t: data["tasks"][t] for t in tasks}
     merges = data.pop("merges", None) or []
     if not isinstance(merges, list):
         raise RecipeError(f"{where}: `merges` must be a list")
