@@ -95,6 +95,8 @@ class StageReports:
                 f"no expert {stage} metrics for {missing}: their normalized scores are left empty "
                 "(`python -m neuroflow merge` evaluates the experts; or test an ExpertsModule)"
             )
+        trainer = self._trainer
+        run = {"world_size": trainer.world_size, "num_nodes": trainer.num_nodes} if trainer is not None else {}
         return build_report(
             self.report_name(),
             metrics,
@@ -103,7 +105,7 @@ class StageReports:
             expert_source=source,
             split="test" if stage == "test" else "validation",
             model=self.report_model_info(),
-            extra=extra,
+            extra={"run": run, **(extra or {})},
         )
 
     def on_test_end(self) -> None:

@@ -22,6 +22,7 @@ from neuroflow.data.task_spec import TaskSpec
 from neuroflow.experts import fingerprint_state_dict, load_manifest
 from neuroflow.experts.manifest import ENTRY, read_entry
 from neuroflow.merging import ExpertSource, SafetensorsFile
+from neuroflow.merging.sources import as_task_vector
 
 BACKBONE_FORMATS = ("weights", "task_vector", "lora")
 
@@ -290,10 +291,10 @@ class ManifestExperts(ExpertSource):
             return stored
         return stored.to(torch.float64 if stored.dtype == torch.float64 else torch.float32) - self.base[name]
 
-    def task_vector(self, i: int, name: str, base: Tensor, dtype: torch.dtype) -> Tensor:
+    def task_vector(self, i: int, name: str, base: Tensor, dtype: torch.dtype, out: Tensor | None = None) -> Tensor:
         if self._format(i) == "weights":
-            return self._file(i)[name].to(dtype) - base.to(dtype)
-        return self.get(i, name).to(dtype)
+            return as_task_vector(self._file(i)[name], base, dtype, stored_is_task_vector=False, out=out)
+        return as_task_vector(self.get(i, name), base, dtype, stored_is_task_vector=True, out=out)
 
     def describe(self, i: int) -> str:
         task = self.tasks[i]

@@ -1,0 +1,69 @@
+"""Evaluation across processes: `python -m neuroflow test` on 2 CPU processes (DDP, gloo) gives
+exactly the metrics of 1 process. The test sets have 41 examples (odd), so a sampler that pads the
+shards with repeated examples (Lightning's DistributedSampler) would count one twice and change
+the numbers; neuroflow's DataModule shards without padding (21 + 20) and the metrics are
+confusion-matrix sums reduced across processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from neuroflow.data.samplers import ShardSampler
+from neuroflow.evaluation import MergeModule
+from neuroflow.merging import NeuroMerging
+from tests.evaluation.conftest import EVAL_EXAMPLES, TASKS, make_datamodule, quiet_trainer
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def write_data_config(path: Path, tiny_bert: str, data_dir: str, cache: Path) -> Path:
+    config = {
+        "class_path": "neuroflow.data.MultiTaskDataModule",
+        "init_args": {"tasks": TASKS, "data_dir": data_dir, "tokenizer": tiny_bert, "max_length": 32,
+                      "eval_batch_size": 8, "max_eval_examples": EVAL_EXAMPLES, "cache_dir": str(cache)},
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def run_cli(args: list[str], cwd: Path) -> None:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-m", "neuroflow", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+
+def test_shards_are_uneven_and_unpadded():
+    shards = [list(ShardSampler(EVAL_EXAMPLES, rank, 2)) for rank in range(2)]
+    assert sorted(len(s) for s in shards) == [20, 21]
+    assert sorted(shards[0] + shards[1]) == list(range(EVAL_EXAMPLES))
+
+
+def test_two_processes_equal_one_process(tiny_bert, trained_experts, shared_data_dir, eval_cache, tmp_path):
+    dm = make_datamodule(tiny_bert, shared_data_dir, eval_cache)
+    model = MergeModule(experts=str(trained_experts), method=NeuroMerging(), tasks=dm.task_specs)
+    merged = tmp_path / "merged"
+    quiet_trainer().merge(model, datamodule=None, evaluate=False, output_dir=str(merged))
+    data = write_data_config(tmp_path / "data.yaml", tiny_bert, shared_data_dir, eval_cache)
+
+    reports = {}
+    for devices in (1, 2):
+        out = tmp_path / f"report_{devices}"
+        run_cli(["test", "--model", "neuroflow.evaluation.MergedModel", "--model.merged_dir", str(merged),
+                 "--model.report_dir", str(out), "--data", str(data), "--trainer.accelerator", "cpu",
+                 "--trainer.devices", str(devices), "--trainer.strategy", "ddp" if devices > 1 else "auto",
+                 "--trainer.logger", "false", "--trainer.enable_progress_bar", "false"], cwd=tmp_path)
+        reports[devices] = json.loads((out / "report.json").read_text())
+    for task in TASKS:
+        assert reports[2]["tasks"][task]["metrics"] == reports[1]["tasks"][task]["metrics"]
+        assert 0.0 < reports[1]["tasks"][task]["metrics"]["accuracy"] < 1.0  # padding would change it
+    assert reports[2]["average"] == reports[1]["average"]
+    assert (reports[1]["run"]["world_size"], reports[2]["run"]["world_size"]) == (1, 2)

@@ -1,0 +1,157 @@
+"""End to end on tiny BERT experts: merge with every method, save, test, report; every number is
+checked against a direct computation (plain transformers + the saved head tensors)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModel
+
+from neuroflow.evaluation import MergeModule, load_merged
+from neuroflow.experts import load_manifest, load_task_vector
+from neuroflow.merging import DARE, TIES, NeuroMerging, TaskArithmetic, WeightAveraging, merge_state_dicts, routing_from_module
+from tests.evaluation.conftest import TASKS, make_datamodule, quiet_trainer
+
+METHODS = {
+    "neuromerging": NeuroMerging(),
+    "ties": TIES(mask_rate=0.8),
+    "task_arithmetic": TaskArithmetic(scaling=0.3),
+    "averaging": WeightAveraging(),
+    "dare": DARE(drop_rate=0.5, then="ties", seed=0),
+}
+
+
+@torch.no_grad()
+def direct_metrics(model: torch.nn.Module, heads: dict[str, torch.Tensor], loaders: list, tasks: list[str]) -> dict[str, float]:
+    """Accuracy per task from plain forward passes: CLS feature -> the head's linear layer."""
+    model.eval()
+    out = {}
+    for task, loader in zip(tasks, loaders):
+        correct = total = 0
+        for batch in loader:
+            hidden = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                           token_type_ids=batch.get("token_type_ids")).last_hidden_state
+            logits = hidden[:, 0] @ heads[f"{task}.linear.weight"].T + heads[f"{task}.linear.bias"]
+            correct += int((logits.argmax(-1) == batch["labels"]).sum())
+            total += int(batch["labels"].numel())
+        out[task] = correct / total
+    return out
+
+
+class Direct:
+    """The pieces a direct computation needs: base weights, experts' weights and heads, loaders."""
+
+    def __init__(self, tiny_bert: str, experts: Path, data_dir: str, cache: Path) -> None:
+        self.tiny_bert = tiny_bert
+        self.model = AutoModel.from_pretrained(tiny_bert)
+        self.base = {k: v.clone() for k, v in self.model.state_dict().items()}
+        self.routing = routing_from_module(self.model)
+        entries = {e["task"]: e for e in load_manifest(experts)}
+        self.experts = []
+        self.heads: dict[str, torch.Tensor] = {}
+        for task in TASKS:
+            tv = load_task_vector(experts, entries[task], self.base)
+            self.experts.append({k: self.base[k] + tv[k] if k in tv else self.base[k] for k in self.base})
+            self.heads.update(load_file(str(experts / entries[task]["heads"][task]["path"])))
+        self.dm = make_datamodule(tiny_bert, data_dir, cache)
+        self.dm.setup("fit")
+        self.dm.setup("test")
+
+    def metrics(self, weights: dict[str, torch.Tensor], split: str) -> dict[str, float]:
+        self.model.load_state_dict(weights)
+        loaders = self.dm.test_dataloader() if split == "test" else self.dm.val_dataloader()
+        return direct_metrics(self.model, self.heads, loaders, TASKS)
+
+    def expert_metrics(self, split: str) -> dict[str, float]:
+        return {task: self.metrics(self.experts[i], split)[task] for i, task in enumerate(TASKS)}
+
+
+@pytest.fixture(scope="module")
+def direct(tiny_bert, trained_experts, shared_data_dir, eval_cache) -> Direct:
+    return Direct(tiny_bert, trained_experts, shared_data_dir, eval_cache)
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_merge_each_method_end_to_end(name, direct, trained_experts, shared_data_dir, eval_cache, tmp_path):
+    method = METHODS[name]
+    dm = make_datamodule(direct.tiny_bert, shared_data_dir, eval_cache)
+    model = MergeModule(experts=str(trained_experts), method=method, tasks=dm.task_specs)
+    out = tmp_path / "merged"
+    result = quiet_trainer().merge(model, datamodule=dm, output_dir=str(out), reference="evaluate")
+
+    for rel in ("backbone/config.json", "backbone/model.safetensors", "backbone/tokenizer.json",
+                "heads.safetensors", "merge_card.json", "report.json", "report.md", "report.png"):
+        assert (out / rel).is_file(), rel
+    assert [p.name for p in tmp_path.iterdir()] == ["merged"]  # no temporary directory left
+
+    # The saved backbone is exactly the engine's merge of the experts, and loads with plain AutoModel.
+    merged = AutoModel.from_pretrained(out / "backbone")
+    expected = merge_state_dicts(direct.base, direct.experts, method, routing=direct.routing)
+    saved = merged.state_dict()
+    for key, value in expected.items():
+        torch.testing.assert_close(saved[key], value, rtol=0, atol=2e-6, msg=key)
+    assert any(not torch.equal(saved[k], direct.base[k]) for k in expected)
+
+    report = json.loads((out / "report.json").read_text())
+    merged_acc = direct.metrics({k: v.clone() for k, v in saved.items()}, "test")
+    expert_acc = direct.expert_metrics("test")
+    for task in TASKS:
+        entry = report["tasks"][task]
+        assert entry["metrics"]["accuracy"] == pytest.approx(merged_acc[task], abs=1e-6)
+        assert entry["expert"]["accuracy"] == pytest.approx(expert_acc[task], abs=1e-6)
+        assert entry["expert_source"] == "evaluated"
+        assert entry["normalized"] == pytest.approx(merged_acc[task] / expert_acc[task], abs=1e-6)
+    assert report["average"]["score"] == pytest.approx(sum(merged_acc.values()) / 2, abs=1e-6)
+    assert report["name"] == name
+    card = json.loads((out / "merge_card.json").read_text())
+    assert card["method"]["init_args"] == method.hparams()
+    assert card["merge_info"]["num_experts"] == 2 and card["timings"]["merge_s"] >= 0
+    assert result["report"]["tasks"]["trec"]["metrics"] == report["tasks"]["trec"]["metrics"]
+
+
+def test_saved_merged_model_scores_the_same(direct, trained_experts, shared_data_dir, eval_cache, tmp_path):
+    dm = make_datamodule(direct.tiny_bert, shared_data_dir, eval_cache)
+    model = MergeModule(experts=str(trained_experts), method=TIES(), tasks=dm.task_specs)
+    out = tmp_path / "ties"
+    quiet_trainer().merge(model, datamodule=dm, output_dir=str(out), reference="evaluate")
+    reloaded = load_merged(out, tasks=dm.task_specs)
+    reloaded.report_dir = str(tmp_path / "again")
+    quiet_trainer().test(reloaded, datamodule=dm, verbose=False)
+    first = json.loads((out / "report.json").read_text())
+    again = json.loads((tmp_path / "again" / "report.json").read_text())
+    for task in TASKS:
+        assert again["tasks"][task]["metrics"] == first["tasks"][task]["metrics"]
+        # the expert reference comes from the merged directory's own report
+        assert again["tasks"][task]["expert"] == first["tasks"][task]["expert"]
+
+
+def test_validation_search_picks_the_directly_computed_best(direct, trained_experts, shared_data_dir, eval_cache, tmp_path):
+    grid = [0.0, 0.5, 1.0, 3.0, 10.0]
+    dm = make_datamodule(direct.tiny_bert, shared_data_dir, eval_cache)
+    model = MergeModule(experts=str(trained_experts), method=TaskArithmetic(), tasks=dm.task_specs,
+                        search={"scaling": grid})
+    out = tmp_path / "ta_search"
+    quiet_trainer().merge(model, datamodule=dm, output_dir=str(out), reference="evaluate")
+    card = json.loads((out / "merge_card.json").read_text())
+
+    expert_val = direct.expert_metrics("val")
+    scores = []
+    for scaling in grid:
+        weights = merge_state_dicts(direct.base, direct.experts, TaskArithmetic(scaling=scaling), routing=direct.routing)
+        val = direct.metrics(weights, "val")
+        scores.append(sum(val[t] / expert_val[t] for t in TASKS) / len(TASKS))
+    assert len(set(scores)) > 1, "the grid should separate the candidates"
+    best = scores.index(max(scores))
+    recorded = card["search"]["candidates"]
+    assert [c["params"]["scaling"] for c in recorded] == grid
+    assert [c["score"] for c in recorded] == pytest.approx(scores, abs=1e-6)
+    assert card["search"]["best"]["params"] == {"scaling": grid[best]}
+    assert card["method"]["init_args"] == {"scaling": grid[best]}
+    report = json.loads((out / "report.json").read_text())
+    assert report["name"] == "task_arithmetic_search"
+    assert report["search"]["best_index"] == best
+    assert "## Validation search" in (out / "report.md").read_text()
