@@ -68,6 +68,7 @@ class MultiTaskDataModule(LightningDataModule):
         image_processor: a model path/hub id whose Hugging Face image processor replaces the
             resize/normalize settings above (for pre-trained vision backbones).
         pad_to_multiple_of: round padded text lengths up to a multiple of this (None: longest).
+        pin_memory: page-lock batches for faster host-to-GPU copies; None: when CUDA is available.
         as_text2text: run text classification tasks as text2text (for seq2seq backbones such as
             T5): targets are the tasks' verbalizers (else label names), inputs use each task's
             `input_template`, else `"<task>: {text}"`.
@@ -97,6 +98,7 @@ class MultiTaskDataModule(LightningDataModule):
         image_std: list[float] = [0.5],
         image_processor: str | None = None,
         pad_to_multiple_of: int | None = None,
+        pin_memory: bool | None = None,
         as_text2text: bool = False,
     ) -> None:
         super().__init__()
@@ -138,6 +140,7 @@ class MultiTaskDataModule(LightningDataModule):
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.sampling, self.temperature, self.seed, self.drop_last = sampling, temperature, seed, drop_last
         self.num_workers = num_workers
+        self.pin_memory = pin_memory
         self.cache_dir = cache_dir or default_cache_dir()
         self.image_transform = None
         if any(s.kind == "image_classification" for s in self._specs):
@@ -261,7 +264,10 @@ class MultiTaskDataModule(LightningDataModule):
         }
 
     def _loader_kwargs(self) -> dict[str, Any]:
-        return {"num_workers": self.num_workers, "persistent_workers": self.num_workers > 0}
+        import torch
+
+        pin = torch.cuda.is_available() if self.pin_memory is None else self.pin_memory
+        return {"num_workers": self.num_workers, "persistent_workers": self.num_workers > 0, "pin_memory": pin}
 
     def train_batch_sampler(self) -> MultiTaskBatchSampler:
         """The training batch sampler for this process's rank."""
