@@ -255,7 +255,8 @@ class MultiTaskDataModule(LightningDataModule):
 
                 processor = AutoImageProcessor.from_pretrained(resolve_model_path(processor_path))
             self.image_transform = ImageTransform(size, channels, mean, std, processor)
-        tok = self.tokenizer
+        has_text = any(s.kind != "image_classification" for s in self._specs)
+        tok = self.tokenizer if has_text else None
         pad_id = (tok.pad_token_id if tok is not None and tok.pad_token_id is not None else 0)
         side = getattr(tok, "padding_side", "right") if tok is not None else "right"
         return {
