@@ -67,3 +67,38 @@ def test_two_processes_equal_one_process(tiny_bert, trained_experts, shared_data
         assert 0.0 < reports[1]["tasks"][task]["metrics"]["accuracy"] < 1.0  # padding would change it
     assert reports[2]["average"] == reports[1]["average"]
     assert (reports[1]["run"]["world_size"], reports[2]["run"]["world_size"]) == (1, 2)
+
+
+def merge_config(path: Path, experts: Path, out: Path) -> Path:
+    path.write_text(yaml.safe_dump({
+        "model": {"class_path": "neuroflow.evaluation.MergeModule",
+                  "init_args": {"experts": str(experts),
+                                "method": {"class_path": "neuroflow.merging.TaskArithmetic"},
+                                "search": {"scaling": [0.3, 1.0]}}},
+        "trainer": {"accelerator": "cpu", "logger": False, "enable_progress_bar": False},
+        "output_dir": str(out),
+        "reference": "evaluate",
+    }))
+    return path
+
+
+@pytest.mark.slow
+def test_merge_command_with_search_on_two_processes(tiny_bert, trained_experts, shared_data_dir, eval_cache, tmp_path):
+    """The whole `merge` command (search on validation, merge, save, test, experts' evaluation) on
+    2 processes writes the same merged weights and report numbers as on 1."""
+    data = write_data_config(tmp_path / "data.yaml", tiny_bert, shared_data_dir, eval_cache)
+    reports, cards = {}, {}
+    for devices in (1, 2):
+        out = tmp_path / f"merged_{devices}"
+        config = merge_config(tmp_path / f"merge_{devices}.yaml", trained_experts, out)
+        run_cli(["merge", "--config", str(config), "--data", str(data), "--trainer.devices", str(devices),
+                 "--trainer.strategy", "ddp" if devices > 1 else "auto"], cwd=tmp_path)
+        reports[devices] = json.loads((out / "report.json").read_text())
+        cards[devices] = json.loads((out / "merge_card.json").read_text())
+    assert cards[2]["merged_fingerprint"] == cards[1]["merged_fingerprint"]
+    assert cards[2]["search"]["candidates"] == cards[1]["search"]["candidates"]
+    for task in TASKS:
+        assert reports[2]["tasks"][task]["metrics"] == reports[1]["tasks"][task]["metrics"]
+        assert reports[2]["tasks"][task]["expert"] == reports[1]["tasks"][task]["expert"]
+    assert reports[2]["run"]["world_size"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
