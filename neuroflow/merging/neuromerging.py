@@ -67,7 +67,7 @@ def merge_orthogonal(w0: Tensor, task_rows: Tensor) -> tuple[Tensor, Tensor]:
     x64 = task_rows.to(torch.float64)
     w64 = w0.to(torch.float64)
     norm_sq = (w64 * w64).sum(dim=-1)
-    dots = torch.einsum("trn,rn->tr", x64, w64)
+    dots = (x64 * w64).sum(dim=-1)  # (T, R); broadcast-and-sum beats einsum's small GEMMs here
     s64 = torch.where(norm_sq > 0, dots / torch.where(norm_sq > 0, norm_sq, 1.0), 0.0)
     gram = torch.einsum("trn,srn->rts", x64, x64)
     del x64
@@ -82,7 +82,7 @@ def merge_orthogonal(w0: Tensor, task_rows: Tensor) -> tuple[Tensor, Tensor]:
     m = ties_merge(coords, group_dim=2)  # (R, comps); the tie group is one neuron's components
     weights = torch.einsum("rtj,rj->tr", u, m)  # psi = A^T (U m)
     along_w0 = (s64 * weights).sum(dim=0)  # (R,)
-    psi = torch.einsum("trn,tr->rn", task_rows, weights.to(task_rows.dtype))
+    psi = (task_rows * weights.to(task_rows.dtype)[..., None]).sum(dim=0)
     psi -= along_w0.to(task_rows.dtype)[:, None] * w0
     return s64.to(task_rows.dtype), psi
 
