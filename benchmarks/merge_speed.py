@@ -32,12 +32,8 @@ from torch import Tensor
 
 from neuroflow.merging import NeuroMerging, merge
 
-HIDDEN = 384
-FFN = 1536
-
-
 def build_weights(
-    experts: int, vocab: int, layers: int, dtype: torch.dtype, seed: int = 0
+    experts: int, vocab: int, layers: int, dtype: torch.dtype, seed: int = 0, hidden: int = 384
 ) -> tuple[dict[str, Tensor], list[dict[str, Tensor]]]:
     """Seeded MiniLM-shaped base weights and `experts` fine-tuned copies.
 
@@ -47,21 +43,23 @@ def build_weights(
         layers: number of transformer layers.
         dtype: dtype of every tensor.
         seed: the generator seed.
+        hidden: hidden size (the feed-forward size is 4x).
     """
+    ffn = 4 * hidden
     g = torch.Generator().manual_seed(seed)
-    shapes = {"embeddings.word_embeddings.weight": (vocab, HIDDEN), "embeddings.LayerNorm.weight": (HIDDEN,)}
+    shapes = {"embeddings.word_embeddings.weight": (vocab, hidden), "embeddings.LayerNorm.weight": (hidden,)}
     for layer in range(layers):
         p = f"encoder.layer.{layer}."
         for proj in ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense"):
-            shapes[p + proj + ".weight"] = (HIDDEN, HIDDEN)
-            shapes[p + proj + ".bias"] = (HIDDEN,)
-        shapes[p + "intermediate.dense.weight"] = (FFN, HIDDEN)
-        shapes[p + "intermediate.dense.bias"] = (FFN,)
-        shapes[p + "output.dense.weight"] = (HIDDEN, FFN)
-        shapes[p + "output.dense.bias"] = (HIDDEN,)
+            shapes[p + proj + ".weight"] = (hidden, hidden)
+            shapes[p + proj + ".bias"] = (hidden,)
+        shapes[p + "intermediate.dense.weight"] = (ffn, hidden)
+        shapes[p + "intermediate.dense.bias"] = (ffn,)
+        shapes[p + "output.dense.weight"] = (hidden, ffn)
+        shapes[p + "output.dense.bias"] = (hidden,)
         for norm in ("attention.output.LayerNorm", "output.LayerNorm"):
-            shapes[p + norm + ".weight"] = (HIDDEN,)
-            shapes[p + norm + ".bias"] = (HIDDEN,)
+            shapes[p + norm + ".weight"] = (hidden,)
+            shapes[p + norm + ".bias"] = (hidden,)
     base = {n: (0.05 * torch.randn(s, generator=g)).to(dtype) for n, s in shapes.items()}
     tuned = [
         {n: (w + 2e-3 * torch.randn(w.shape, generator=g).to(dtype)) for n, w in base.items()} for _ in range(experts)
@@ -138,7 +136,7 @@ def _rss_bytes(field: str) -> int:
 def _measure_memory(args: argparse.Namespace, which: str) -> dict:
     """Peak resident memory over the inputs of one implementation (run in a fresh process)."""
     torch.set_num_threads(args.threads)
-    base, experts = build_weights(args.experts, args.vocab, args.layers, getattr(torch, args.dtype))
+    base, experts = build_weights(args.experts, args.vocab, args.layers, getattr(torch, args.dtype), hidden=args.hidden)
     inputs = sum(t.numel() * t.element_size() for sd in [base, *experts] for t in sd.values())
     before = _rss_bytes("VmRSS")
     with open("/proc/self/clear_refs", "w") as f:
@@ -169,6 +167,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--experts", type=int, default=8)
     parser.add_argument("--vocab", type=int, default=8192)
     parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--hidden", type=int, default=384)
     parser.add_argument("--mask-rate", type=float, default=0.8)
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads for both sides")
@@ -181,7 +180,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
-    base, experts = build_weights(args.experts, args.vocab, args.layers, dtype)
+    base, experts = build_weights(args.experts, args.vocab, args.layers, dtype, hidden=args.hidden)
     numel = sum(t.numel() for t in base.values())
     print(f"{len(base)} tensors, {numel / 1e6:.2f} M parameters, {args.experts} experts, {args.dtype}, "
           f"mask_rate {args.mask_rate}, torch {torch.__version__}, {torch.get_num_threads()} thread(s)")
@@ -219,7 +218,7 @@ def main(argv: list[str] | None = None) -> dict:
     if not args.no_memory and os.path.exists("/proc/self/clear_refs"):
         for which in ("fast", "baseline"):
             child = [sys.executable, __file__, "--memory-child", which, "--threads", str(args.threads), "--experts", str(args.experts),
-                     "--vocab", str(args.vocab), "--layers", str(args.layers), "--mask-rate", str(args.mask_rate),
+                     "--vocab", str(args.vocab), "--layers", str(args.layers), "--hidden", str(args.hidden), "--mask-rate", str(args.mask_rate),
                      "--dtype", args.dtype]
             mem = json.loads(subprocess.run(child, check=True, capture_output=True, text=True).stdout)
             report[f"{which}_memory"] = mem
