@@ -32,6 +32,7 @@ from torch import Tensor
 
 from neuroflow.merging import NeuroMerging, merge
 
+
 def build_weights(
     experts: int, vocab: int, layers: int, dtype: torch.dtype, seed: int = 0, hidden: int = 384
 ) -> tuple[dict[str, Tensor], list[dict[str, Tensor]]]:
@@ -67,7 +68,7 @@ def build_weights(
     return base, tuned
 
 
-def _disjoint_mean(x: Tensor, fallback_group: bool = True) -> Tensor:
+def _disjoint_mean(x: Tensor) -> Tensor:
     """Spec's sign election with tie fallback + disjoint mean over dim 0, written out plainly."""
     total = x.sum(dim=0)
     sign = torch.sign(total)
