@@ -8,10 +8,9 @@ import pytest
 
 from neuroflow.evaluation import ExpertsModule, PretrainedModule
 from tests.evaluation.conftest import TASKS, make_datamodule, quiet_trainer
-from tests.evaluation.test_merge_command import direct  # noqa: F401  (module fixture)
 
 
-def test_pretrained_module_scores_base_with_expert_heads(direct, trained_experts, shared_data_dir, eval_cache, tmp_path):  # noqa: F811
+def test_pretrained_module_scores_base_with_expert_heads(direct, trained_experts, shared_data_dir, eval_cache, tmp_path):
     dm = make_datamodule(direct.tiny_bert, shared_data_dir, eval_cache)
     module = PretrainedModule(experts=str(trained_experts), tasks=dm.task_specs, report_dir=str(tmp_path / "pre"))
     quiet_trainer().test(module, datamodule=dm, verbose=False)
@@ -22,7 +21,7 @@ def test_pretrained_module_scores_base_with_expert_heads(direct, trained_experts
     assert report["name"] == "pretrained" and report["model"]["kind"] == "pretrained"
 
 
-def test_experts_module_scores_each_task_with_its_expert(direct, trained_experts, shared_data_dir, eval_cache, tmp_path):  # noqa: F811
+def test_experts_module_scores_each_task_with_its_expert(direct, trained_experts, shared_data_dir, eval_cache, tmp_path):
     dm = make_datamodule(direct.tiny_bert, shared_data_dir, eval_cache)
     module = ExpertsModule(experts=str(trained_experts), tasks=dm.task_specs, report_dir=str(tmp_path / "experts"))
     quiet_trainer().test(module, datamodule=dm, verbose=False)
