@@ -52,7 +52,10 @@ class ExpertSource(ABC):
     """Read access to T experts, one tensor at a time.
 
     `get(i, name)` returns what expert `i` stores under `name`: its fine-tuned weights
-    (`theta_i`), or its task vector (`theta_i - theta_0`) when `task_vectors` is True.
+    (`theta_i`), or its task vector (`theta_i - theta_0`) when `task_vectors` is True. Subclasses
+    implement `__len__`, `keys` and `get` (and `meta`/`describe` to be cheaper or clearer). A
+    subclass may also override `task_vector` (e.g. to convert stored formats); the engine then takes
+    every task vector from it.
     """
 
     task_vectors: bool = False

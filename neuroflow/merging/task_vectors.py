@@ -38,6 +38,7 @@ class TaskVectors:
         self.routing = routing
         self.names = [name for name in base if routing[name].kind != "skip"]
         self._trim_cache: dict[float, TrimStatistics] = {}
+        self._custom_task_vector = type(experts).task_vector is not ExpertSource.task_vector
 
     @property
     def num_tasks(self) -> int:
@@ -87,12 +88,18 @@ class TaskVectors:
             base = self.base[name]
             dtype = compute_dtype(base.dtype)
             flat_base = base.detach().reshape(-1)[::stride]
-            stored = [self.experts.get(i, name).detach().reshape(-1)[::stride] for i in range(self.num_tasks)]
+            if self._custom_task_vector:
+                # A source that computes task vectors itself is honoured as it is (whole tensors).
+                stored = [self.experts.task_vector(i, name, base, dtype).reshape(-1)[::stride] for i in range(self.num_tasks)]
+                is_task_vector = True
+            else:
+                stored = [self.experts.get(i, name).detach().reshape(-1)[::stride] for i in range(self.num_tasks)]
+                is_task_vector = self.experts.task_vectors
             for start in range(0, flat_base.numel(), chunk_size):
                 block_base = flat_base[start : start + chunk_size]
                 block = torch.empty((self.num_tasks, block_base.numel()), dtype=dtype)
                 for i, values in enumerate(stored):
-                    as_task_vector(values[start : start + chunk_size], block_base, dtype, self.experts.task_vectors, out=block[i])
+                    as_task_vector(values[start : start + chunk_size], block_base, dtype, is_task_vector, out=block[i])
                 yield block
 
     def trim_statistics(self, mask_rate: float) -> TrimStatistics:

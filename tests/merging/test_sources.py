@@ -51,3 +51,21 @@ def test_experts_are_read_one_tensor_at_a_time() -> None:
     assert set(source.reads) == {(i, n) for i in range(2) for n in base}
     # Error messages can name experts by task.
     assert DictExperts(experts, names=["trec", "sst2"]).describe(1) == "expert 1 (sst2)"
+
+
+def test_a_source_overriding_task_vector_is_used_for_every_pass() -> None:
+    base, experts = random_model(SMALL_SHAPES, experts=2, seed=11)
+
+    class Doubled(DictExperts):
+        """Serves twice the stored task vectors through `task_vector` only."""
+
+        def task_vector(self, i, name, base, dtype, out=None):
+            value = 2.0 * (self.get(i, name).to(dtype) - base.to(dtype))
+            return value if out is None else out.copy_(value)
+
+    doubled_experts = [{k: base[k] + 2.0 * (e[k] - base[k]) for k in e} for e in experts]
+    method = NeuroMerging(mask_rate=0.5)
+    got = merge_state_dicts(base, Doubled(experts), method)
+    expected = merge_state_dicts(base, doubled_experts, method)
+    for k in base:
+        assert torch.allclose(got[k], expected[k], atol=1e-12), k
