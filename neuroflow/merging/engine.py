@@ -5,7 +5,8 @@ merged = merge_state_dicts(base, experts, NeuroMerging(mask_rate=0.8), routing=N
 ```
 The engine never holds more than one tensor's task vectors at a time (O(T x largest tensor) extra
 memory), so experts can be streamed from disk (`SafetensorsExperts`). The result has the keys, shapes
-and dtypes of `base`; tensors that are not merged are copies of the base.
+and dtypes of `base` (and its tensors' devices; the arithmetic runs on the CPU); tensors that are not
+merged are copies of the base.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from torch import Tensor
+
+import torch
 
 from neuroflow.merging.base import MergeMethod
 from neuroflow.merging.routing import SKIP, Route, matches, parse_route, route_by_shape
@@ -109,6 +112,11 @@ def merge(
     """
     if not isinstance(method, MergeMethod):
         raise TypeError(f"method must be a MergeMethod, got {type(method).__name__}")
+    with torch.no_grad():
+        return _merge(base, experts, method, routing, exclude, progress)
+
+
+def _merge(base, experts, method, routing, exclude, progress) -> MergeResult:
     source = experts if isinstance(experts, ExpertSource) else DictExperts(list(experts))
     routes = resolve_routing(base, routing, exclude)
     validate_inputs(base, source, routes, exclude)
@@ -122,14 +130,14 @@ def merge(
             merged[name] = tensor.detach().clone()
         else:
             dtype = compute_dtype(tensor.dtype)
-            theta0 = tensor.detach().to(dtype)
+            theta0 = tensor.detach().to(device="cpu", dtype=dtype)
             delta = method.merge_tensor(name, theta0, task_vectors.stack(name), route, stats)
             if delta.shape != tensor.shape:
                 raise MergeInputError(
                     f"{type(method).__name__} returned shape {tuple(delta.shape)} for tensor {name!r} "
                     f"of shape {tuple(tensor.shape)}"
                 )
-            merged[name] = (theta0 + delta.to(dtype)).to(tensor.dtype)
+            merged[name] = (theta0 + delta.to(dtype)).to(device=tensor.device, dtype=tensor.dtype)
         _tick(progress, name)
 
     kinds = [r.kind for r in routes.values()]

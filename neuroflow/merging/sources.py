@@ -42,10 +42,12 @@ def as_task_vector(
         stored_is_task_vector: `stored` already is `theta_t - theta_0`.
         out: optional destination of shape `stored.shape` and dtype `dtype`.
     """
-    stored = stored.to(dtype)
+    # Merging runs on the CPU whatever device the inputs live on (results go back to the base's).
+    stored = stored.detach().to(device="cpu", dtype=dtype)
     if stored_is_task_vector:
         return stored if out is None else out.copy_(stored)
-    return torch.sub(stored, base.to(dtype), out=out) if out is not None else stored - base.to(dtype)
+    base = base.detach().to(device="cpu", dtype=dtype)
+    return torch.sub(stored, base, out=out) if out is not None else stored - base
 
 
 class ExpertSource(ABC):

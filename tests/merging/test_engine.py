@@ -107,3 +107,14 @@ def test_inputs_are_not_modified() -> None:
         merge_state_dicts(base, experts, method)
     for original, now in zip(before, (base, *experts)):
         assert all(torch.equal(original[k], now[k]) for k in original)
+
+
+def test_parameters_that_require_grad_are_merged_without_autograd() -> None:
+    model = torch.nn.Linear(4, 3)
+    base = dict(model.named_parameters())
+    experts = [{k: torch.nn.Parameter(v.detach() + 0.1 * (i + 1)) for k, v in base.items()} for i in range(2)]
+    for method in (NeuroMerging(mask_rate=0.5), TIES(), DARE(drop_rate=0.5), TaskArithmetic()):
+        out = merge_state_dicts(base, experts, method)
+        assert all(not t.requires_grad for t in out.values())
+    out = merge_state_dicts(base, experts, WeightAveraging())
+    assert torch.allclose(out["bias"], base["bias"].detach() + 0.15)
