@@ -147,3 +147,22 @@ def test_bad_arguments_are_refused() -> None:
         streamed_trim_statistics(stream, num_tasks=3, numel=3, mask_rate=0.5)
     with pytest.raises(ValueError, match="expected numel=4"):
         streamed_trim_statistics(stream, num_tasks=2, numel=4, mask_rate=0.5)
+
+
+def test_model_level_statistics_match_the_concatenation(monkeypatch) -> None:
+    """Through `TaskVectors` (strided sample + full pass over real tensors), float32 and float64."""
+    from neuroflow.merging import DictExperts, TaskVectors, resolve_routing
+
+    from .helpers import random_model
+
+    monkeypatch.setattr(select, "_SAMPLE_SIZE", 50)
+    for dtype in (torch.float32, torch.float64):
+        base, experts = random_model({"a": (30, 20), "b": (20,), "c": (7, 3, 2)}, experts=3, seed=8, dtype=dtype)
+        tv = TaskVectors(base, DictExperts(experts), resolve_routing(base))
+        stats = tv.trim_statistics(0.8)
+        per_tensor = [torch.stack([e[n] - base[n] for e in experts]) for n in base]
+        k, truth = concatenated_truth(per_tensor, 0.8)
+        assert stats.k == k == math.floor(stats.numel * 0.8) and stats.numel == 30 * 20 + 20 + 42
+        for t, (kth, sigma) in enumerate(truth):
+            assert torch.equal(stats.thresholds[t], kth)
+            assert stats.sigma[t] == pytest.approx(sigma, rel=1e-6)
