@@ -141,7 +141,7 @@ class Planner:
     # -- paths -------------------------------------------------------------------------------
     @property
     def experts_dir(self) -> Path:
-        return self.out / "experts"
+        return Path(self.recipe.experts_dir) if self.recipe.experts_dir else self.out / "experts"
 
     @property
     def config_dir(self) -> Path:

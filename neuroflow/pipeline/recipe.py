@@ -151,6 +151,8 @@ class Recipe:
         caps: default `max_examples` per split for every task (a task's own caps win).
         seed: seed of every fit and of the seeded splits.
         output_dir: where everything goes (experts, merged models, configs, reports).
+        experts_dir: the experts collection (default `<output_dir>/experts`); point several recipes
+            at one collection to share experts (experts already in it are not retrained).
         data_dir: root for the tasks' relative data files (default: neuroflow's data dir).
         task_dirs: extra folders of task YAMLs.
         training: how each expert is fine-tuned.
@@ -170,6 +172,7 @@ class Recipe:
     caps: dict[str, int] = field(default_factory=dict)
     seed: int = 42
     output_dir: str = ""
+    experts_dir: str = ""
     data_dir: str | None = None
     task_dirs: list[str] = field(default_factory=list)
     training: Training = field(default_factory=Training)
