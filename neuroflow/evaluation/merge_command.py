@@ -21,6 +21,7 @@ from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 
 import neuroflow
+from neuroflow.evaluation import basis_merge
 from neuroflow.evaluation.expert_heads_module import Reference
 from neuroflow.evaluation.merge_module import MergeModule
 from neuroflow.evaluation.merged_model import save_merged
@@ -79,23 +80,38 @@ def _primary(model: MergeModule, metrics: dict[str, dict[str, float]]) -> dict[s
 
 
 def run_search(trainer: Trainer, model: MergeModule, datamodule: LightningDataModule, reference: str) -> dict[str, Any]:
-    """Score every candidate of `model.search` on validation data; leaves the best as `model.method`."""
+    """Score every candidate of `model.search` on validation data; leaves the best as `model.method`.
+
+    Candidates are scored grouped by their non-linear hyperparameters, so that with
+    `model.fast_search` each group's basis merges are made once (see `basis_merge`); the record
+    and the tie-break follow the grid order.
+    """
+    base_method = model.method
     candidates = expand_grid(model.search or {})
     ref_metrics, ref_source = expert_reference(trainer, model, datamodule, "val", reference)
-    base_method = model.method
+    fast = model.fast_search and basis_merge.supports(base_method, model.search or {})
+    basis = basis_merge.BasisMerges(model.run_engine, model.base_state()) if fast else None
+    methods = [with_params(base_method, params) for params in candidates]
+    order = sorted(range(len(candidates)), key=lambda i: repr(basis_merge.BasisMerges.group_key(methods[i])))
+    scores: dict[int, dict[str, float]] = {}
+    for n, i in enumerate(order):
+        if basis is not None:
+            model.use_weights(basis.weights(methods[i]), methods[i], {"search_candidate": candidates[i]})
+        else:
+            model.merge(methods[i])
+        trainer.validate(model, datamodule=datamodule, verbose=False)
+        scores[i] = _primary(model, metrics_from_logged(model.last_metrics["val"], "val", model.task_names))
+        rank_zero_info(f"search {n + 1}/{len(candidates)} {candidates[i]}: val {scores[i]}")
+    del basis
 
     def score(params: dict[str, Any]) -> dict[str, float]:
-        model.merge(with_params(base_method, params))
-        trainer.validate(model, datamodule=datamodule, verbose=False)
-        return _primary(model, metrics_from_logged(model.last_metrics["val"], "val", model.task_names))
+        return scores[candidates.index(params)]
 
-    def log(i: int, record: dict[str, Any]) -> None:
-        rank_zero_info(f"search {i + 1}/{len(candidates)} {record['params']}: avg normalized val {record['score']:.4f}")
-
-    result = grid_search(candidates, score, _primary(model, ref_metrics), on_candidate=log)
+    result = grid_search(candidates, score, _primary(model, ref_metrics))
     model.method = with_params(base_method, result.best["params"])
     rank_zero_info(f"search: best {result.best['params']} (avg normalized val {result.best['score']:.4f})")
-    return {**result.as_dict(), "grid": model.search, "reference": ref_metrics, "reference_source": ref_source}
+    return {**result.as_dict(), "grid": model.search, "fast": fast, "reference": ref_metrics,
+            "reference_source": ref_source}
 
 
 def _swap_into_place(tmp: Path, final: Path) -> None:

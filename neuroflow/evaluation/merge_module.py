@@ -13,6 +13,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from torch import Tensor
+
 from neuroflow.data.task_spec import TaskSpec
 from neuroflow.evaluation.expert_heads_module import ExpertHeadsModule
 from neuroflow.evaluation.expert_set import ManifestExperts
@@ -35,6 +37,10 @@ class MergeModule(ExpertHeadsModule):
             `{lambda_1: [0.0, 0.5, 1.0], lambda_2: [1.0, 2.0]}`); `python -m neuroflow merge` scores
             each candidate on the validation splits and tests the best. None = the method as given.
         exclude: names or glob patterns of backbone tensors not to merge (kept pre-trained).
+        fast_search: score candidates that differ only in coefficients that scale the update
+            (NeuroMerging's lambda_1/lambda_2, the `scaling` of TIES/TA/DARE) from basis merges
+            instead of merging each one (costs one or two extra copies of the backbone weights;
+            the chosen candidate is merged again exactly).
         report_dir: where `test` writes `report.{json,md,png}`; None = no report files (the merge
             command writes its own into its output directory).
         backbone_kwargs: extra `from_pretrained` arguments for the base model.
@@ -49,6 +55,7 @@ class MergeModule(ExpertHeadsModule):
         tasks: list[TaskSpec] | None = None,
         search: dict[str, list[Any]] | None = None,
         exclude: list[str] | None = None,
+        fast_search: bool = True,
         report_dir: str | None = None,
         backbone_kwargs: dict[str, Any] | None = None,
     ) -> None:
@@ -66,6 +73,7 @@ class MergeModule(ExpertHeadsModule):
         self.method = method
         self.search = dict(search) if search else None
         self.exclude = list(exclude) if exclude else None
+        self.fast_search = fast_search
         # Checkpoints and loggers get plain data, not the method object.
         self.hparams["method"] = {"class_path": _class_path(method), "init_args": method.hparams()}
         self._source: ManifestExperts | None = None
@@ -78,6 +86,18 @@ class MergeModule(ExpertHeadsModule):
             self._source = ManifestExperts(self.expert_set, self.base_state())
         return self._source
 
+    def run_engine(self, method: MergeMethod, progress: Any = None) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        """Merge the experts with `method` without touching the module: (merged weights, engine info)."""
+        result = merge_experts(
+            self.base_state(),
+            self.experts_source(),
+            method,
+            routing=routing_from_module(self.hf_model),
+            exclude=self.exclude,
+            progress=progress,
+        )
+        return result.state_dict, result.info
+
     def merge(self, method: MergeMethod | None = None, progress: Any = None) -> dict[str, Any]:
         """Merge the experts with `method` (default `self.method`) into the module's backbone.
 
@@ -88,24 +108,19 @@ class MergeModule(ExpertHeadsModule):
         Returns:
             the engine's info (method, hyperparameters, statistics, routing counts) plus `seconds`.
         """
-        if method is not None:
-            self.method = method
+        method = method if method is not None else self.method
         start = time.perf_counter()
-        base = self.base_state()
-        result = merge_experts(
-            base,
-            self.experts_source(),
-            self.method,
-            routing=routing_from_module(self.hf_model),
-            exclude=self.exclude,
-            progress=progress,
-        )
-        self.load_backbone_state_dict(result.state_dict)
-        del result.state_dict
-        self._merged_with = self.method
-        self.merge_info = {**result.info, "seconds": round(time.perf_counter() - start, 3)}
-        self.hparams["method"] = {"class_path": _class_path(self.method), "init_args": self.method.hparams()}
+        weights, info = self.run_engine(method, progress)
+        self.use_weights(weights, method, {**info, "seconds": round(time.perf_counter() - start, 3)})
         return self.merge_info
+
+    def use_weights(self, weights: dict[str, Tensor], method: MergeMethod, info: dict[str, Any]) -> None:
+        """Load merged `weights` (made with `method`) into the backbone and record them as the merge."""
+        self.load_backbone_state_dict(weights)
+        self.method = method
+        self._merged_with = method
+        self.merge_info = info
+        self.hparams["method"] = {"class_path": _class_path(method), "init_args": method.hparams()}
 
     @property
     def is_merged(self) -> bool:

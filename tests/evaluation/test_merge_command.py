@@ -77,11 +77,12 @@ def test_saved_merged_model_scores_the_same(direct, trained_experts, shared_data
         assert again["tasks"][task]["expert"] == first["tasks"][task]["expert"]
 
 
-def test_validation_search_picks_the_directly_computed_best(direct, trained_experts, shared_data_dir, eval_cache, tmp_path):
+@pytest.mark.parametrize("fast_search", [True, False])
+def test_validation_search_picks_the_directly_computed_best(fast_search, direct, trained_experts, shared_data_dir, eval_cache, tmp_path):
     grid = [0.0, 0.5, 1.0, 3.0, 10.0]
     dm = make_datamodule(direct.tiny_bert, shared_data_dir, eval_cache)
     model = MergeModule(experts=str(trained_experts), method=TaskArithmetic(), tasks=dm.task_specs,
-                        search={"scaling": grid})
+                        search={"scaling": grid}, fast_search=fast_search)
     out = tmp_path / "ta_search"
     quiet_trainer().merge(model, datamodule=dm, output_dir=str(out), reference="evaluate")
     card = json.loads((out / "merge_card.json").read_text())
@@ -103,3 +104,9 @@ def test_validation_search_picks_the_directly_computed_best(direct, trained_expe
     assert report["name"] == "task_arithmetic_search"
     assert report["search"]["best_index"] == best
     assert "## Validation search" in (out / "report.md").read_text()
+    assert card["search"]["fast"] is fast_search
+    # The saved model is the engine's exact merge of the winner, not a basis combination.
+    saved = AutoModel.from_pretrained(out / "backbone").state_dict()
+    exact = merge_state_dicts(direct.base, direct.experts, TaskArithmetic(scaling=grid[best]), routing=direct.routing)
+    for key, value in exact.items():
+        torch.testing.assert_close(saved[key], value, rtol=0, atol=2e-6, msg=key)
