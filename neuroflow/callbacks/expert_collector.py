@@ -95,14 +95,15 @@ class ExpertCollector(Callback):
         if better:
             self.best_score, self.best_metrics = score, metrics
 
-    def _best_checkpoint(self, trainer: Trainer) -> str | None:
+    def _best_checkpoint(self, trainer: Trainer) -> ModelCheckpoint | None:
+        """The ModelCheckpoint that monitors `monitor` and has saved a best checkpoint."""
         if self.monitor is None:
             return None
         for callback in trainer.checkpoint_callbacks:
             if isinstance(callback, ModelCheckpoint) and callback.monitor == self.monitor:
                 path = callback.best_model_path
                 if path and Path(path).is_file():
-                    return path
+                    return callback
         rank_zero_warn(
             f"ExpertCollector: no ModelCheckpoint monitoring {self.monitor!r} saved a checkpoint; "
             "the expert gets the final weights"
@@ -110,12 +111,13 @@ class ExpertCollector(Callback):
         return None
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        checkpoint = self._best_checkpoint(trainer)
+        best = self._best_checkpoint(trainer)
+        checkpoint = best.best_model_path if best is not None else None
         metrics = self.last_metrics
-        if checkpoint is not None:
+        if best is not None:
             state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
             pl_module.load_state_dict(state)
-            metrics = self.best_metrics or {self.monitor: float(trainer.checkpoint_callback.best_model_score)}
+            metrics = self.best_metrics or {self.monitor: float(best.best_model_score)}
         if trainer.is_global_zero:
             config = self.run_config if self.run_config is not None else {"model": _plain(dict(pl_module.hparams))}
             self.entry = save_expert(

@@ -253,15 +253,17 @@ class MultiTaskModule(LightningModule):
         return loss, logits.argmax(dim=-1), batch["labels"]
 
     # ----------------------------------------------------------------- steps
+    def loss(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Training loss of one batch: cross-entropy of the task head, or the seq2seq LM loss."""
+        if self._task_spec(batch).kind == "text2text":
+            return self._seq2seq_loss(batch)
+        return F.cross_entropy(self(batch).float(), batch["labels"])
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        spec = self._task_spec(batch)
-        if spec.kind == "text2text":
-            loss = self._seq2seq_loss(batch)
-        else:
-            loss = F.cross_entropy(self(batch).float(), batch["labels"])
+        loss = self.loss(batch)
         size = int(batch["labels"].shape[0])
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=size)
-        self.log(f"train/{spec.name}/loss", loss, on_step=True, on_epoch=False, batch_size=size)
+        self.log(f"train/{batch['task']}/loss", loss, on_step=True, on_epoch=False, batch_size=size)
         return loss
 
     def _eval_step(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
