@@ -150,6 +150,9 @@ def run_merge(
     if reference not in ("manifest", "evaluate") and not Path(reference).exists():
         raise FileNotFoundError(f"--reference {reference}: no such report (expected {REFERENCE_HELP})")
     final = Path(output_dir) if output_dir else default_output_dir(model)
+    if final.exists() and not (final / "merge_card.json").is_file() and (not final.is_dir() or any(final.iterdir())):
+        # Only an earlier merge result is replaced; anything else at that path is the user's.
+        raise FileExistsError(f"--output_dir {final} exists and is not a merged model directory; choose another path")
     is_zero = trainer.is_global_zero
     tmp = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
     if is_zero:

@@ -108,7 +108,7 @@ def test_failure_leaves_no_partial_output_and_keeps_the_old_one(
 ):
     out = tmp_path / "merged"
     out.mkdir()
-    (out / "previous.txt").write_text("an earlier result")
+    (out / "merge_card.json").write_text("{}")  # an earlier merge result
 
     def broken(*args, **kwargs):
         raise OSError("disk full")
@@ -119,7 +119,17 @@ def test_failure_leaves_no_partial_output_and_keeps_the_old_one(
     with pytest.raises(OSError, match="disk full"):
         quiet_trainer().merge(model, datamodule=dm, output_dir=str(out))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["merged"]
-    assert [p.name for p in out.iterdir()] == ["previous.txt"]
+    assert [p.name for p in out.iterdir()] == ["merge_card.json"]
+
+
+def test_output_dir_that_is_not_a_merge_result_is_never_replaced(trained_experts, tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    model = MergeModule(experts=str(trained_experts), method=TIES())
+    with pytest.raises(FileExistsError, match="is not a merged model directory"):
+        quiet_trainer().merge(model, evaluate=False, output_dir=str(out))
+    assert (out / "notes.txt").read_text() == "keep me"
 
 
 def test_merge_needs_data_to_evaluate(trained_experts, tmp_path):
