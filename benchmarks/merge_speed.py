@@ -127,6 +127,15 @@ def per_neuron_neuromerging(
     return out
 
 
+def _warm_up(dtype: torch.dtype, mask_rate: float) -> None:
+    """Run both implementations once on a tiny model: first calls load library code (LAPACK
+    kernels) and grow the allocator, which neither side's time or memory should include."""
+    base, experts = build_weights(2, 16, 1, dtype, seed=1, hidden=16)
+    merge(base, experts, NeuroMerging(mask_rate=mask_rate))
+    per_neuron_neuromerging(base, experts, mask_rate)
+    per_neuron_neuromerging(base, experts, mask_rate, torch.float64)
+
+
 def _rss_bytes(field: str) -> int:
     with open("/proc/self/status") as f:
         for line in f:
@@ -138,6 +147,7 @@ def _rss_bytes(field: str) -> int:
 def _measure_memory(args: argparse.Namespace, which: str) -> dict:
     """Peak resident memory over the inputs of one implementation (run in a fresh process)."""
     torch.set_num_threads(args.threads)
+    _warm_up(getattr(torch, args.dtype), args.mask_rate)  # library pages count in RSS too
     base, experts = build_weights(args.experts, args.vocab, args.layers, getattr(torch, args.dtype), hidden=args.hidden)
     inputs = sum(t.numel() * t.element_size() for sd in [base, *experts] for t in sd.values())
     before = _rss_bytes("VmRSS")
@@ -187,10 +197,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{len(base)} tensors, {numel / 1e6:.2f} M parameters, {args.experts} experts, {args.dtype}, "
           f"mask_rate {args.mask_rate}, torch {torch.__version__}, {torch.get_num_threads()} thread(s)")
 
-    # Warm-up: first calls load LAPACK kernels and grow the allocator; neither side should pay it.
-    tiny_base, tiny_experts = build_weights(2, 16, 1, dtype, seed=1)
-    merge(tiny_base, tiny_experts, NeuroMerging(mask_rate=args.mask_rate))
-    per_neuron_neuromerging({k: v[:8] for k, v in tiny_base.items()}, [{k: v[:8] for k, v in e.items()} for e in tiny_experts])
+    _warm_up(dtype, args.mask_rate)
 
     def timed(fn):
         wall, cpu = time.perf_counter(), time.process_time()
