@@ -118,3 +118,22 @@ def test_parameters_that_require_grad_are_merged_without_autograd() -> None:
         assert all(not t.requires_grad for t in out.values())
     out = merge_state_dicts(base, experts, WeightAveraging())
     assert torch.allclose(out["bias"], base["bias"].detach() + 0.15)
+
+
+def test_mixed_precision_model_ranks_magnitudes_exactly() -> None:
+    base32, experts32 = random_model({"a": (6, 5)}, experts=2, seed=12, dtype=torch.float32)
+    base64, experts64 = random_model({"b": (4, 5)}, experts=2, seed=13, dtype=torch.float64)
+    base = {**base32, **base64}
+    experts = [{**e32, **e64} for e32, e64 in zip(experts32, experts64)]
+    result = merge(base, experts, TIES(mask_rate=0.5))
+    for t in range(2):
+        magnitudes = torch.cat([(experts[t]["a"] - base["a"]).double().reshape(-1), (experts[t]["b"] - base["b"]).reshape(-1)]).abs()
+        assert result.info["statistics"]["trim"]["thresholds"][t] == magnitudes.kthvalue(25).values.item()
+    assert result.state_dict["a"].dtype == torch.float32 and result.state_dict["b"].dtype == torch.float64
+
+
+def test_everything_excluded_copies_the_base() -> None:
+    base, experts = random_model(SMALL_SHAPES, experts=2)
+    result = merge(base, experts, NeuroMerging(), exclude=["*"])
+    assert all(torch.equal(result.state_dict[k], base[k]) for k in base)
+    assert result.info["merged_numel"] == 0 and result.info["statistics"]["lambda_2"] == 1.0
