@@ -14,7 +14,7 @@ import neuroflow.evaluation.merge_command as merge_command
 from neuroflow.cli import main as cli_main
 from neuroflow.evaluation import ExpertInputError, ExpertSet, MergeModule
 from neuroflow.merging import TIES
-from tests.evaluation.conftest import make_datamodule, quiet_trainer
+from eval_helpers import make_datamodule, quiet_trainer
 
 
 def edit_entry(experts: Path, task: str, **changes) -> None:

@@ -18,7 +18,7 @@ import yaml
 from neuroflow.data.samplers import ShardSampler
 from neuroflow.evaluation import MergeModule
 from neuroflow.merging import NeuroMerging
-from tests.evaluation.conftest import EVAL_EXAMPLES, TASKS, make_datamodule, quiet_trainer
+from eval_helpers import EVAL_EXAMPLES, TASKS, make_datamodule, quiet_trainer
 
 REPO = Path(__file__).resolve().parents[2]
 

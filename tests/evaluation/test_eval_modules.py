@@ -7,7 +7,7 @@ import json
 import pytest
 
 from neuroflow.evaluation import ExpertsModule, PretrainedModule
-from tests.evaluation.conftest import TASKS, make_datamodule, quiet_trainer
+from eval_helpers import TASKS, make_datamodule, quiet_trainer
 
 
 def test_pretrained_module_scores_base_with_expert_heads(direct, trained_experts, shared_data_dir, eval_cache, tmp_path):

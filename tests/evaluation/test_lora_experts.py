@@ -10,7 +10,7 @@ from neuroflow.experts import load_manifest
 from neuroflow.merging import TIES, merge_state_dicts
 from neuroflow.models import MultiTaskModule
 from neuroflow.models.optim import AdamW
-from tests.evaluation.conftest import make_datamodule, quiet_trainer
+from eval_helpers import make_datamodule, quiet_trainer
 
 
 def test_lora_and_full_experts_merge_together(direct, trained_experts, shared_data_dir, eval_cache, tmp_path):

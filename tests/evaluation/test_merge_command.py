@@ -12,7 +12,7 @@ from transformers import AutoModel
 
 from neuroflow.evaluation import MergeModule, load_merged
 from neuroflow.merging import DARE, TIES, NeuroMerging, TaskArithmetic, WeightAveraging, merge_state_dicts
-from tests.evaluation.conftest import TASKS, make_datamodule, quiet_trainer
+from eval_helpers import TASKS, make_datamodule, quiet_trainer
 
 METHODS = {
     "neuromerging": NeuroMerging(),
