@@ -44,7 +44,8 @@ class NeuroTrainer(Trainer):
                 default `runs/merged/<method>` (`<method>_search` with a search).
             reference: the experts' numbers that normalize the scores: `manifest` (recorded at fit
                 time; experts without them are evaluated here), `evaluate` (always score the experts
-                on this run's data), or the directory / report.json of an experts report.
+                on this run's data), or the directory / report.json of an experts report (used
+                for its split; the other split falls back to `manifest`).
         """
         from neuroflow.evaluation.merge_command import run_merge
 

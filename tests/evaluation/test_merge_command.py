@@ -11,6 +11,7 @@ import torch
 from transformers import AutoModel
 
 from neuroflow.evaluation import MergeModule, load_merged
+from neuroflow.experts import load_manifest
 from neuroflow.merging import DARE, TIES, NeuroMerging, TaskArithmetic, WeightAveraging, merge_state_dicts
 from eval_helpers import TASKS, make_datamodule, quiet_trainer
 
@@ -110,3 +111,21 @@ def test_validation_search_picks_the_directly_computed_best(fast_search, direct,
     exact = merge_state_dicts(direct.base, direct.experts, TaskArithmetic(scaling=grid[best]), routing=direct.routing)
     for key, value in exact.items():
         torch.testing.assert_close(saved[key], value, rtol=0, atol=2e-6, msg=key)
+
+
+def test_reference_report_for_test_and_manifest_for_search(direct, trained_experts, shared_data_dir, eval_cache, tmp_path):
+    from neuroflow.evaluation import ExpertsModule
+
+    dm = make_datamodule(direct.tiny_bert, shared_data_dir, eval_cache)
+    experts = ExpertsModule(experts=str(trained_experts), tasks=dm.task_specs, report_dir=str(tmp_path / "experts"))
+    quiet_trainer().test(experts, datamodule=dm, verbose=False)
+    model = MergeModule(experts=str(trained_experts), method=TIES(), tasks=dm.task_specs, search={"scaling": [0.5, 1.0]})
+    quiet_trainer().merge(model, datamodule=dm, output_dir=str(tmp_path / "m"), reference=str(tmp_path / "experts"))
+    report = json.loads((tmp_path / "m" / "report.json").read_text())
+    expert_report = json.loads((tmp_path / "experts" / "report.json").read_text())
+    manifest_val = {e["task"]: e["metrics"] for e in load_manifest(trained_experts)}
+    for task in TASKS:
+        assert report["tasks"][task]["expert"] == expert_report["tasks"][task]["metrics"]
+        assert report["tasks"][task]["expert_source"] == f"report:{tmp_path / 'experts'}"
+        assert report["search"]["reference_source"][task] == "manifest"
+        assert report["search"]["reference"][task]["accuracy"] == pytest.approx(manifest_val[task][f"val/{task}/accuracy"])
