@@ -15,14 +15,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from torch import Tensor
-
 import torch
+from torch import Tensor
 
 from neuroflow.merging.base import MergeMethod
 from neuroflow.merging.routing import SKIP, Route, matches, parse_route, route_by_shape
 from neuroflow.merging.select import TrimStatistics
-from neuroflow.merging.sources import DictExperts, ExpertSource
+from neuroflow.merging.sources import DictExperts, ExpertSource, tensor_meta
 from neuroflow.merging.task_vectors import TaskVectors, compute_dtype
 from neuroflow.merging.validation import MergeInputError, validate_inputs
 
@@ -60,13 +59,14 @@ def resolve_routing(
         exclude: exact names or glob patterns of tensors not to merge (task heads, buffers).
     """
     resolved = {}
-    for name, tensor in base.items():
-        if matches(name, exclude) or not tensor.is_floating_point():
+    for name in base:
+        shape, dtype = tensor_meta(base, name)
+        if matches(name, exclude) or not dtype.is_floating_point:
             resolved[name] = SKIP
         elif routing is not None and name in routing:
             resolved[name] = parse_route(routing[name])
         else:
-            resolved[name] = route_by_shape(tensor)
+            resolved[name] = route_by_shape((shape, dtype))
     return resolved
 
 
@@ -124,14 +124,14 @@ def _merge(base, experts, method, routing, exclude, progress) -> MergeResult:
     stats = method.prepare(task_vectors)
 
     merged: dict[str, Tensor] = {}
-    for name, tensor in base.items():
-        route = routes[name]
+    for name in base:
+        tensor, route = base[name], routes[name]
         if route.kind == "skip":
             merged[name] = tensor.detach().clone()
         else:
             dtype = compute_dtype(tensor.dtype)
             theta0 = tensor.detach().to(device="cpu", dtype=dtype)
-            delta = method.merge_tensor(name, theta0, task_vectors.stack(name), route, stats)
+            delta = method.merge_tensor(name, theta0, task_vectors.stack(name, base=tensor), route, stats)
             if delta.shape != tensor.shape:
                 raise MergeInputError(
                     f"{type(method).__name__} returned shape {tuple(delta.shape)} for tensor {name!r} "
@@ -148,7 +148,7 @@ def _merge(base, experts, method, routing, exclude, progress) -> MergeResult:
         "num_experts": len(source),
         "statistics": _jsonable(stats),
         "routing": {k: kinds.count(k) for k in ("neuron", "point", "skip")},
-        "merged_numel": sum(base[n].numel() for n in task_vectors.names),
+        "merged_numel": task_vectors.numel,
     }
     return MergeResult(merged, info)
 

@@ -103,11 +103,16 @@ def _override(name: str, overrides: Mapping[str, Route | str] | None) -> Route |
     return None
 
 
-def route_by_shape(tensor: Tensor) -> Route:
-    """The state-dict rule: 2-D floating tensors are neurons by rows, other floats points."""
-    if not tensor.is_floating_point():
+def route_by_shape(tensor: Tensor | tuple[tuple[int, ...], torch.dtype]) -> Route:
+    """The state-dict rule: 2-D floating tensors are neurons by rows, other floats points.
+
+    Args:
+        tensor: the tensor, or its `(shape, dtype)`.
+    """
+    shape, dtype = (tuple(tensor.shape), tensor.dtype) if isinstance(tensor, Tensor) else tensor
+    if not dtype.is_floating_point:
         return SKIP
-    return NEURON_ROWS if tensor.dim() == 2 else POINT
+    return NEURON_ROWS if len(shape) == 2 else POINT
 
 
 def routing_from_state_dict(

@@ -50,6 +50,19 @@ def as_task_vector(
     return torch.sub(stored, base, out=out) if out is not None else stored - base
 
 
+def tensor_meta(mapping: Mapping[str, Tensor], name: str) -> tuple[tuple[int, ...], torch.dtype]:
+    """Shape and dtype of `mapping[name]`, from the file header when the mapping is lazy (has `meta`).
+
+    Args:
+        mapping: a state dict or a lazy mapping such as `SafetensorsFile`.
+        name: the tensor name.
+    """
+    if hasattr(mapping, "meta"):
+        return mapping.meta(name)
+    tensor = mapping[name]
+    return tuple(tensor.shape), tensor.dtype
+
+
 class ExpertSource(ABC):
     """Read access to T experts, one tensor at a time.
 

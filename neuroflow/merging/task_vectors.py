@@ -8,6 +8,7 @@ a threshold chosen in the statistics pass is compared against bit-identical valu
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping
 
 import torch
@@ -15,7 +16,7 @@ from torch import Tensor
 
 from neuroflow.merging.routing import Route
 from neuroflow.merging.select import TrimStatistics, streamed_trim_statistics
-from neuroflow.merging.sources import ExpertSource, as_task_vector
+from neuroflow.merging.sources import ExpertSource, as_task_vector, tensor_meta
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -37,6 +38,8 @@ class TaskVectors:
         self.experts = experts
         self.routing = routing
         self.names = [name for name in base if routing[name].kind != "skip"]
+        # Shapes and dtypes once, from the header when the base is a lazy file (no tensor reads).
+        self._meta = {name: tensor_meta(base, name) for name in self.names}
         self._trim_cache: dict[float, TrimStatistics] = {}
         self._custom_task_vector = type(experts).task_vector is not ExpertSource.task_vector
 
@@ -47,16 +50,17 @@ class TaskVectors:
     @property
     def selection_dtype(self) -> torch.dtype:
         """The dtype magnitudes are ranked in: float64 if any merged tensor is float64."""
-        dtypes = {compute_dtype(self.base[name].dtype) for name in self.names}
+        dtypes = {compute_dtype(dtype) for _, dtype in self._meta.values()}
         return torch.float64 if torch.float64 in dtypes else torch.float32
 
-    def stack(self, name: str) -> Tensor:
+    def stack(self, name: str, base: Tensor | None = None) -> Tensor:
         """The task vectors of tensor `name`, shape `(T, *shape)`, in its compute dtype.
 
         Args:
             name: a merged tensor name.
+            base: `theta_0[name]` when the caller already holds it (saves a read of a lazy base).
         """
-        base = self.base[name]
+        base = self.base[name] if base is None else base
         dtype = compute_dtype(base.dtype)
         out = torch.empty((self.num_tasks, *base.shape), dtype=dtype)
         for i in range(self.num_tasks):
@@ -70,7 +74,7 @@ class TaskVectors:
     @property
     def numel(self) -> int:
         """Number of merged scalars per task (P)."""
-        return sum(self.base[name].numel() for name in self.names)
+        return sum(math.prod(shape) for shape, _ in self._meta.values())
 
     def chunks(self, stride: int = 1, chunk_size: int = 1 << 16) -> Iterator[Tensor]:
         """Every `stride`-th merged scalar's task values, as `(T, <= chunk_size)` blocks, tensor

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from neuroflow.merging.routing import Route, matches
-from neuroflow.merging.sources import ExpertSource
+from neuroflow.merging.sources import ExpertSource, tensor_meta
 
 
 class MergeInputError(ValueError):
@@ -49,11 +49,12 @@ def validate_inputs(
     if len(experts) == 0:
         raise MergeInputError("no experts given: merging needs at least one expert")
     merged = [name for name in base if routing[name].kind != "skip"]
+    meta = {name: tensor_meta(base, name) for name in merged}
     for name in merged:
-        route, tensor = routing[name], base[name]
-        if route.kind == "neuron" and not (tensor.dim() >= 2 and 0 <= route.axis < tensor.dim()):
+        route, (base_shape, _) = routing[name], meta[name]
+        if route.kind == "neuron" and not (len(base_shape) >= 2 and 0 <= route.axis < len(base_shape)):
             raise MergeInputError(
-                f"tensor {name!r} of shape {tuple(tensor.shape)} is routed as neurons along axis "
+                f"tensor {name!r} of shape {tuple(base_shape)} is routed as neurons along axis "
                 f"{route.axis}, which it does not have; route it as 'point' instead"
             )
     base_keys = set(base)
@@ -64,12 +65,11 @@ def validate_inputs(
             if name not in keys:
                 raise MergeInputError(f"{who} is missing tensor {name!r} that the base has")
             shape, dtype = experts.meta(i, name)
-            if tuple(shape) != tuple(base[name].shape):
-                raise MergeInputError(
-                    f"{who}: tensor {name!r} has shape {tuple(shape)}, the base has {tuple(base[name].shape)}"
-                )
-            if dtype != base[name].dtype:
-                raise MergeInputError(f"{who}: tensor {name!r} has dtype {dtype}, the base has {base[name].dtype}")
+            base_shape, base_dtype = meta[name]
+            if tuple(shape) != tuple(base_shape):
+                raise MergeInputError(f"{who}: tensor {name!r} has shape {tuple(shape)}, the base has {tuple(base_shape)}")
+            if dtype != base_dtype:
+                raise MergeInputError(f"{who}: tensor {name!r} has dtype {dtype}, the base has {base_dtype}")
         extra = sorted(k for k in keys - base_keys if not matches(k, exclude))
         if extra:
             raise MergeInputError(

@@ -69,3 +69,22 @@ def test_a_source_overriding_task_vector_is_used_for_every_pass() -> None:
     expected = merge_state_dicts(base, doubled_experts, method)
     for k in base:
         assert torch.allclose(got[k], expected[k], atol=1e-12), k
+
+
+def test_a_lazy_base_is_read_once_per_pass(tmp_path) -> None:
+    """Shapes and dtypes of a lazy base come from the file header, not from tensor reads."""
+    base, experts = random_model(SMALL_SHAPES, experts=2, seed=12)
+    save_file(base, str(tmp_path / "base.safetensors"))
+
+    class CountingFile(SafetensorsFile):
+        reads = 0
+
+        def __getitem__(self, name):
+            CountingFile.reads += 1
+            return super().__getitem__(name)
+
+    lazy = CountingFile(tmp_path / "base.safetensors")
+    out = merge_state_dicts(lazy, experts, NeuroMerging(mask_rate=0.5))
+    assert all(torch.equal(out[k], merge_state_dicts(base, experts, NeuroMerging(mask_rate=0.5))[k]) for k in base)
+    # validation (finiteness) + statistics pass + merge pass, 4 tensors each; small models skip the sample pass
+    assert CountingFile.reads == 3 * len(base)
