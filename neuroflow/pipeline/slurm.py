@@ -142,8 +142,9 @@ def render_slurm(recipe: Recipe, planner: Planner, out_dir: str | Path) -> dict[
 
     merge_script = header("merge", slurm.merge_time).replace("%x-%A_%a.out", "%x-%j.out")
     for stage in evals:
+        extra = "".join(f" {_q(a)}" for a in stage.extra_args)
         merge_script += (f"\necho '== {stage.name}'\n"
-                         f"srun python -m neuroflow {stage.command} --config {_q(paths[stage.name])} "
+                         f"srun python -m neuroflow {stage.command} --config {_q(paths[stage.name])}{extra} "
                          f'"${{DDP_ARGS[@]}}"\n')
     merge_script += ("\n# Combine every row into report.{json,md,png} (one process, no GPU needed).\n"
                      f"python -m neuroflow run {_q(recipe_copy)} --only report\n")

@@ -51,6 +51,9 @@ def test_scripts_render_and_are_valid_bash(rendered: dict[str, Path], tmp_path: 
     for stage in ("test_pretrained", "test_individual", "test_multitask", "merge_ties", "merge_neuromerging_val"):
         assert f"configs/{stage}.yaml" in merge
     assert f"python -m neuroflow run {rendered['recipe.yaml']} --only report" in merge
+    # the joint model is tested from its best checkpoint, like a local run
+    assert re.search(r"srun python -m neuroflow test --config \S+/test_multitask.yaml --ckpt_path \S+/fit/multitask/"
+                     r"checkpoints/best.ckpt \"\$\{DDP_ARGS\[@\]\}\"", merge)
 
 
 def test_array_elements_skip_collected_experts(rendered: dict[str, Path], tmp_path: Path) -> None:
