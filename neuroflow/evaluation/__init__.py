@@ -2,7 +2,8 @@
 the experts or the pre-trained backbone (`python -m neuroflow test`), reports and validation search."""
 
 from neuroflow.evaluation.expert_heads_module import ExpertHeadsModule, PretrainedModule
-from neuroflow.evaluation.expert_set import ExpertInputError, ExpertSet, ManifestExperts
+from neuroflow.evaluation.expert_set import ExpertInputError, ExpertSet
+from neuroflow.evaluation.manifest_experts import ManifestExperts
 from neuroflow.evaluation.experts_module import ExpertsModule
 from neuroflow.evaluation.merge_module import MergeModule
 from neuroflow.evaluation.merged_model import MergedModel, load_merged, read_card, save_merged
