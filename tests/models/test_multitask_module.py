@@ -127,3 +127,10 @@ def test_stage_metrics_average_primary_metrics(tiny_bert):
     assert out["val/b/mcc"] == pytest.approx(1.0)
     assert out["val/avg/accuracy"] == pytest.approx(0.75)
     assert out["val/avg/score"] == pytest.approx((0.5 + 1.0) / 2)  # accuracy of a, mcc of b
+
+
+def test_classification_on_a_seq2seq_backbone_reads_the_encoder(tiny_t5):
+    module = MultiTaskModule(tiny_t5, tasks=[spec("cls"), spec("gen", kind="text2text", labels=("negative", "positive"))],
+                             pooling="mean")
+    assert module.family == "seq2seq" and list(module.heads) == ["cls"]
+    assert module(text_batch(tiny_t5, "cls", [0, 1])).shape == (2, 2)
