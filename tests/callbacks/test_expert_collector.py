@@ -153,3 +153,12 @@ def test_two_task_fit(sampling, tiny_bert, make_datamodule, make_trainer, tmp_pa
     for task in ("trec", "sst2"):
         head = load_expert_head(tmp_path / "experts", entry, task)
         assert torch.equal(head.linear.weight, module.heads[task].linear.weight)
+
+
+def test_data_task_without_a_head_fails_before_training(tiny_bert, make_datamodule, make_trainer, tmp_path):
+    module = make_module(tiny_bert, make_datamodule(["trec"], tokenizer=tiny_bert))
+    dm = make_datamodule(["trec", "sst2"], tokenizer=tiny_bert)
+    collector = ExpertCollector(str(tmp_path / "experts"))
+    with pytest.raises(ValueError, match=r"task\(s\) \['sst2'\] that the model has no head for"):
+        make_trainer(max_epochs=1, callbacks=[collector]).fit(module, dm)
+    assert not (tmp_path / "experts" / "trec").exists()
