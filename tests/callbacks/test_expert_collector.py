@@ -49,6 +49,10 @@ def test_best_checkpoint_is_collected(save_format, tiny_bert, make_datamodule, m
     assert all(torch.equal(module.backbone_state_dict()[k], v) for k, v in best.items())
     manifest = json.loads((tmp_path / "experts" / "manifest.json").read_text())
     assert [e["name"] for e in manifest["experts"]] == ["trec"]
+    # Checkpoints carry the task specs as plain data: the module rebuilds from one alone.
+    reloaded = MultiTaskModule.load_from_checkpoint(checkpoint.best_model_path, weights_only=True)
+    assert reloaded.task_names == ["trec"] and reloaded.task_specs["trec"].label_names == dm.task_specs[0].label_names
+    assert all(torch.equal(reloaded.backbone_state_dict()[k], v) for k, v in best.items())
 
 
 def test_wrong_base_is_refused(tiny_bert, make_datamodule, make_trainer, tmp_path):
