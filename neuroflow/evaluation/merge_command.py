@@ -116,8 +116,22 @@ def run_search(trainer: Trainer, model: MergeModule, datamodule: LightningDataMo
             "reference_source": ref_source}
 
 
+# LightningCLI saves the run's config.yaml into trainer.default_root_dir, which configs point at
+# the output directory: it may already be there (alone) and is kept with the result.
+_CLI_CONFIG = "config.yaml"
+
+
+def _replaceable(path: Path) -> bool:
+    """An earlier merge result, or what a CLI run left before its merge finished."""
+    if not path.is_dir():
+        return False
+    return (path / "merge_card.json").is_file() or all(p.name == _CLI_CONFIG for p in path.iterdir())
+
+
 def _swap_into_place(tmp: Path, final: Path) -> None:
     old = None
+    if (final / _CLI_CONFIG).is_file() and not (tmp / _CLI_CONFIG).exists():
+        os.replace(final / _CLI_CONFIG, tmp / _CLI_CONFIG)
     if final.exists():
         old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
         os.replace(final, old)
@@ -152,7 +166,7 @@ def run_merge(
     if reference not in ("manifest", "evaluate") and not Path(reference).exists():
         raise FileNotFoundError(f"--reference {reference}: no such report (expected {REFERENCE_HELP})")
     final = Path(output_dir) if output_dir else default_output_dir(model)
-    if final.exists() and not (final / "merge_card.json").is_file() and (not final.is_dir() or any(final.iterdir())):
+    if final.exists() and not _replaceable(final):
         # Only an earlier merge result is replaced; anything else at that path is the user's.
         raise FileExistsError(f"--output_dir {final} exists and is not a merged model directory; choose another path")
     is_zero = trainer.is_global_zero

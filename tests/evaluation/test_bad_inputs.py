@@ -137,3 +137,12 @@ def test_merge_needs_data_to_evaluate(trained_experts, tmp_path):
     with pytest.raises(ValueError, match="needs `data` to evaluate"):
         quiet_trainer().merge(model, datamodule=None, output_dir=str(tmp_path / "x"))
     assert not (tmp_path / "x").exists()
+
+
+def test_cli_config_left_by_a_failed_run_does_not_block_the_next(trained_experts, tmp_path):
+    out = tmp_path / "merged"
+    out.mkdir()
+    (out / "config.yaml").write_text("# saved by LightningCLI before the merge finished\n")
+    model = MergeModule(experts=str(trained_experts), method=TIES())
+    quiet_trainer().merge(model, evaluate=False, output_dir=str(out))
+    assert (out / "merge_card.json").is_file() and (out / "config.yaml").is_file()

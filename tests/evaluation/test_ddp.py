@@ -61,7 +61,8 @@ def test_two_processes_equal_one_process(tiny_bert, trained_experts, shared_data
         args = ["test", "--model", "neuroflow.evaluation.MergedModel", "--model.merged_dir", str(merged),
                 "--model.report_dir", str(out), "--data", str(data), "--trainer.accelerator", "cpu",
                 "--trainer.devices", str(devices), "--trainer.strategy", "ddp" if devices > 1 else "auto",
-                "--trainer.logger", "false", "--trainer.enable_progress_bar", "false"]
+                "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
+                "--trainer.default_root_dir", str(tmp_path / f"root_{devices}")]  # its config.yaml goes there
         if devices == 1:
             cli_main(args)  # the same command in this process (saves an interpreter start)
         else:
