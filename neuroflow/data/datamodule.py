@@ -218,14 +218,23 @@ class MultiTaskDataModule(LightningDataModule):
             self._data[split] = built
         return self._data[split]
 
+    def _splits_for(self, stage: str | None) -> tuple[str, ...]:
+        return _STAGE_SPLITS.get(stage, SPLITS) if stage else SPLITS
+
     def prepare_data(self) -> None:
-        """Read, check and tokenize every split once (fills the on-disk cache)."""
-        for split in SPLITS:
+        """Read, check and tokenize the splits the running Trainer stage needs (fills the cache).
+
+        `test` and `merge` runs only touch evaluation splits: tokenizing every training set
+        there would cost minutes on large tasks for nothing.
+        """
+        trainer = getattr(self, "trainer", None)
+        stage = getattr(getattr(trainer, "state", None), "fn", None) if trainer is not None else None
+        for split in self._splits_for(getattr(stage, "value", stage)):
             self._build(split)
 
     def setup(self, stage: str | None = None) -> None:
         """Load (from the cache when prepared) the splits the stage needs."""
-        for split in _STAGE_SPLITS.get(stage, SPLITS) if stage else SPLITS:
+        for split in self._splits_for(stage):
             self._build(split)
 
     def split_data(self, split: str) -> dict[str, datasets.Dataset]:

@@ -194,3 +194,14 @@ def test_json_builder_with_sentence_pairs(tmp_path, cache, minilm_tokenizer):
     decoded = minilm_tokenizer.decode(first["input_ids"], skip_special_tokens=True)
     assert decoded.startswith("a cat sits") and "sits" in decoded.split("a cat sits", 1)[1]
     assert set(batch["labels"].tolist()) <= {0, 1} and len(dm.split_data("test")["nli"]) == 4
+
+
+@pytest.mark.parametrize(("fn", "expected"), [("test", {"test"}), ("validate", {"validation"}),
+                                              ("fit", {"train", "validation"})])
+def test_prepare_data_builds_only_the_running_stage_splits(real_data_dir, cache, fn, expected):
+    from lightning.pytorch.trainer.states import TrainerFn
+
+    dm = make(real_data_dir, cache)
+    dm.trainer = SimpleNamespace(state=SimpleNamespace(fn=TrainerFn(fn)), global_rank=0, world_size=1)
+    dm.prepare_data()
+    assert set(dm._data) == expected
