@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 from typing import Any
 
+from neuroflow.pipeline.launch import StageFailed
 from neuroflow.pipeline.recipe import RecipeError, load_recipe
 from neuroflow.pipeline.runner import STAGE_GROUPS, PipelineRunner
 from neuroflow.pipeline.slurm import render_slurm
@@ -71,4 +73,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
             print(f"{stage.name:28s} python -m neuroflow {stage.command} --config {path}")
         return None
     runner.state["command"] = "python -m neuroflow run " + " ".join(argv if argv is not None else sys.argv[1:])
-    return runner.run()
+    try:
+        return runner.run()
+    except StageFailed as err:
+        traceback.print_exc()
+        print(f"neuroflow run: error: {err}\nFinished stages are kept: rerun the same command to continue.",
+              file=sys.stderr)
+        raise SystemExit(1) from err

@@ -207,8 +207,10 @@ class PipelineRunner:
         self.out.mkdir(parents=True, exist_ok=True)
         self.state["recipe"] = recipe_to_dict(self.recipe)
         self.state["versions"] = _versions()
-        with open(self.out / "recipe.resolved.yaml", "w") as handle:
+        fd, tmp = tempfile.mkstemp(dir=self.out, prefix=".recipe.resolved.yaml.")
+        with os.fdopen(fd, "w") as handle:
             yaml.safe_dump(recipe_to_dict(self.recipe), handle, sort_keys=False)
+        os.replace(tmp, self.out / "recipe.resolved.yaml")
         _atomic_json(self.out / "task_specs.json", self.planner.specs)
         started = time.perf_counter()
         for stage in self.planner.stages():
