@@ -114,6 +114,11 @@ class MultiTaskModule(LightningModule):
         self._check_task_kinds(specs)
         self.backbone = apply_lora(model, lora) if lora else model
         self.hidden_size = hidden_size_of(unwrap_peft(self.backbone).config)
+        pooler = getattr(self.hf_model, "pooler", None)
+        if pooling != "pooler" and isinstance(pooler, nn.Module):
+            # No head reads it, so it gets no gradient: freezing says so explicitly and lets plain
+            # DDP run single-task fits (DDP refuses trainable parameters without gradients).
+            pooler.requires_grad_(False)
 
         self.heads = nn.ModuleDict()
         self.verbalizers: dict[str, Verbalizer] = {}

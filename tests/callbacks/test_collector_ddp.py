@@ -1,7 +1,7 @@
-"""`fit` on 2 CPU processes (DDP, gloo): rank 0 alone writes one complete expert.
+"""`fit` of one expert on 2 CPU processes (plain DDP, gloo): rank 0 alone writes one complete expert.
 
-Multi-task batches leave the other tasks' heads (and BERT's pooler under `cls` pooling) without
-gradients, so DDP fits need `ddp_find_unused_parameters_true`."""
+(A multi-task fit needs `ddp_find_unused_parameters_true`: the other tasks' heads get no gradient
+from a single-task batch.)"""
 
 import json
 import os
@@ -24,7 +24,7 @@ def test_ddp_fit_writes_one_expert(tiny_bert, shared_data_dir, data_cache_dir, t
     config = {
         "seed_everything": 0,
         "trainer": {
-            "accelerator": "cpu", "devices": 2, "strategy": "ddp_find_unused_parameters_true", "max_epochs": 2, "enable_progress_bar": False,
+            "accelerator": "cpu", "devices": 2, "strategy": "ddp", "max_epochs": 2, "enable_progress_bar": False,
             "num_sanity_val_steps": 0, "logger": False, "default_root_dir": str(tmp_path),
             "callbacks": [
                 {"class_path": "neuroflow.callbacks.ExpertCollector",

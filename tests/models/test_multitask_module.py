@@ -134,3 +134,10 @@ def test_classification_on_a_seq2seq_backbone_reads_the_encoder(tiny_t5):
                              pooling="mean")
     assert module.family == "seq2seq" and list(module.heads) == ["cls"]
     assert module(text_batch(tiny_t5, "cls", [0, 1])).shape == (2, 2)
+
+
+def test_pooler_is_trained_only_when_a_head_reads_it(tiny_bert):
+    cls = MultiTaskModule(tiny_bert, tasks=[spec()], pooling="cls")
+    assert not any(p.requires_grad for p in cls.hf_model.pooler.parameters())
+    pooled = MultiTaskModule(tiny_bert, tasks=[spec()], pooling="pooler")
+    assert all(p.requires_grad for p in pooled.hf_model.pooler.parameters())
