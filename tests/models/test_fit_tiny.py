@@ -59,7 +59,7 @@ def test_fit_lowers_loss_and_collects_exact_expert(case, request, make_datamodul
     experts = tmp_path / "experts"
     make_trainer(max_epochs=3, callbacks=[ExpertCollector(str(experts), monitor=None)]).fit(module, dm)
     after = mean_loss(module, batches)
-    assert after < 0.9 * before, (before, after)
+    assert after < before - 0.1, (before, after)  # drops of 0.2-4 nats measured
 
     [entry] = load_manifest(experts)
     assert entry["name"] == tasks[0] and entry["mode"] == ("lora" if lora else "full")
