@@ -85,9 +85,13 @@ class TaskMetrics(Metric):
             default=torch.zeros(num_classes + 1, num_classes + 1, dtype=torch.float64),
             dist_reduce_fx="sum",
         )
+        # The evaluation loss lives in the metric's state too, so that it is reduced exactly like
+        # the counts (a per-step `self.log(sync_dist=True)` would need the same keys on every rank).
+        self.add_state("loss_sum", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
 
-    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
-        """Add predictions (class indices, -1 or out-of-range = invalid) and targets."""
+    def update(self, preds: torch.Tensor, target: torch.Tensor, loss: torch.Tensor | float | None = None) -> None:
+        """Add predictions (class indices, -1 or out-of-range = invalid), targets and optionally the
+        batch's mean loss (weighted by the batch size)."""
         preds = preds.detach().long().flatten()
         target = target.detach().long().flatten().to(preds.device)
         if target.numel() and (target.min() < 0 or target.max() >= self.num_classes):
@@ -100,6 +104,8 @@ class TaskMetrics(Metric):
         index = target * (self.num_classes + 1) + preds
         counts = torch.bincount(index, minlength=(self.num_classes + 1) ** 2)
         self.confusion += counts.reshape(self.num_classes + 1, -1).to(self.confusion)
+        if loss is not None:
+            self.loss_sum += float(loss) * target.numel()
 
     def compute(self) -> dict[str, torch.Tensor]:
         cm = self.confusion
@@ -116,8 +122,8 @@ class TaskMetrics(Metric):
             else:
                 raise ValueError(f"unknown metric {name!r}; supported: {list(METRICS)}")
             out[name] = value.to(torch.float32)
+        # Reduced over all processes when called under DDP: callers skip tasks with no example
+        # from this count, never from the local one (ranks would disagree and hang the next sync).
+        out["num_examples"] = cm.sum()
+        out["loss"] = (self.loss_sum / cm.sum() if cm.sum() > 0 else torch.zeros((), dtype=cm.dtype)).to(torch.float32)
         return out
-
-    @property
-    def num_examples(self) -> int:
-        return int(self.confusion.sum().item())

@@ -100,6 +100,9 @@ class MultiTaskModule(LightningModule):
         backbone_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        # Unpadded evaluation shards can leave a rank without any batch of a small task; the
+        # metrics are still exact because every rank joins every metric sync.
+        self.allow_zero_length_dataloader_with_multiple_devices = True
         specs = as_task_specs(tasks)
         if scheduler_interval not in ("step", "epoch"):
             raise ValueError(f"scheduler_interval must be 'step' or 'epoch', got {scheduler_interval!r}")
@@ -274,9 +277,7 @@ class MultiTaskModule(LightningModule):
     def _eval_step(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
         loss, preds, targets = self.evaluate_batch(batch)
         task = batch["task"]
-        self.task_metrics[stage][task].update(preds, targets)
-        self.log(f"{stage}/{task}/loss", loss, on_epoch=True, on_step=False,
-                 batch_size=int(targets.shape[0]), add_dataloader_idx=False, sync_dist=True)
+        self.task_metrics[stage][task].update(preds, targets, loss.detach())
         return loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
@@ -291,13 +292,22 @@ class MultiTaskModule(LightningModule):
 
     def compute_stage_metrics(self, stage: str) -> dict[str, float]:
         """Per-task and averaged metrics of `stage` (`{stage}/{task}/{metric}`, `{stage}/avg/...`)."""
+        return self._stage_results(stage)[0]
+
+    def _stage_results(self, stage: str) -> tuple[dict[str, float], dict[str, float]]:
+        """(metrics, losses) of `stage`. Metrics are exact sums over all processes; the losses
+        (`{stage}/{task}/loss`) are kept apart because their batch means round differently with
+        another number of processes."""
         out: dict[str, float] = {}
+        losses: dict[str, float] = {}
         per_metric: dict[str, list[float]] = {}
         primaries: list[float] = []
         for task, metric in self.task_metrics[stage].items():
-            if metric.num_examples == 0:
-                continue
+            # Every process computes every task (the call syncs); the count is the global one.
             values = {k: float(v) for k, v in metric.compute().items()}
+            if values.pop("num_examples") == 0:
+                continue
+            losses[f"{stage}/{task}/loss"] = values.pop("loss")
             for name, value in values.items():
                 out[f"{stage}/{task}/{name}"] = value
                 per_metric.setdefault(name, []).append(value)
@@ -306,16 +316,16 @@ class MultiTaskModule(LightningModule):
             out[f"{stage}/avg/{name}"] = sum(values) / len(values)
         if primaries:
             out[f"{stage}/avg/score"] = sum(primaries) / len(primaries)
-        return out
+        return out, losses
 
     def _log_stage(self, stage: str) -> None:
-        results = self.compute_stage_metrics(stage)
+        results, losses = self._stage_results(stage)
         for metric in self.task_metrics[stage].values():
             metric.reset()
         if self.trainer.sanity_checking:
             return
         self.last_metrics[stage] = results
-        for key, value in results.items():
+        for key, value in {**results, **losses}.items():
             # Already reduced across processes by the metric's own sync.
             self.log(key, value, prog_bar=key.endswith("/avg/score"), add_dataloader_idx=False)
 

@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from neuroflow.cli import main as cli_main
+from neuroflow.data import resolve_task
 from neuroflow.data.samplers import ShardSampler
 from neuroflow.evaluation import MergeModule
 from neuroflow.merging import NeuroMerging
@@ -108,3 +109,34 @@ def test_merge_command_with_search_on_two_processes(tiny_bert, trained_experts, 
         assert reports[2]["tasks"][task]["expert"] == reports[1]["tasks"][task]["expert"]
     assert reports[2]["run"]["world_size"] == 2
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+@pytest.mark.slow
+def test_an_eval_set_smaller_than_the_process_count_does_not_hang(tiny_bert, trained_experts, shared_data_dir,
+                                                                   tmp_path):
+    # trec's test set is one example: rank 1 sees no trec batch (but sst2 batches). Both ranks must
+    # still run the same metric syncs (whether a task is reported depends on the reduced count).
+    dm = make_datamodule(tiny_bert, shared_data_dir, tmp_path / "cache")
+    model = MergeModule(experts=str(trained_experts), method=NeuroMerging(), tasks=dm.task_specs)
+    merged = tmp_path / "merged"
+    quiet_trainer().merge(model, datamodule=None, evaluate=False, output_dir=str(merged))
+    trec = resolve_task("trec").to_dict()
+    trec["max_examples"] = {"test": 1}
+    sst2 = resolve_task("sst2").to_dict()
+    sst2["max_examples"] = {"test": EVAL_EXAMPLES}
+    data = tmp_path / "data.yaml"
+    data.write_text(yaml.safe_dump({
+        "class_path": "neuroflow.data.MultiTaskDataModule",
+        "init_args": {"tasks": [trec, sst2], "data_dir": shared_data_dir, "tokenizer": tiny_bert,
+                      "max_length": 32, "eval_batch_size": 8, "cache_dir": str(tmp_path / "cache")},
+    }))
+    out = tmp_path / "report"
+    run_cli(["test", "--model", "neuroflow.evaluation.MergedModel", "--model.merged_dir", str(merged),
+             "--model.report_dir", str(out), "--data", str(data), "--trainer.accelerator", "cpu",
+             "--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.logger", "false",
+             "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(tmp_path / "root")],
+            cwd=tmp_path)
+    report = json.loads((out / "report.json").read_text())
+    assert sorted(report["tasks"]) == sorted(TASKS)
+    assert report["tasks"]["trec"]["metrics"]["accuracy"] in (0.0, 1.0)
+    assert report["run"]["world_size"] == 2

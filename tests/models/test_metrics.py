@@ -54,3 +54,18 @@ def test_out_of_range_targets_are_rejected():
     metric = TaskMetrics(2, ["accuracy"])
     with pytest.raises(ValueError, match=r"\[0, 2\)"):
         metric.update(torch.tensor([0]), torch.tensor([2]))
+
+
+def test_loss_is_the_example_weighted_mean_and_the_count_is_reported():
+    metric = TaskMetrics(2, ["accuracy"])
+    metric.update(torch.tensor([1, 0, 1]), torch.tensor([1, 1, 1]), torch.tensor(0.5))
+    metric.update(torch.tensor([0]), torch.tensor([0]), 2.0)
+    out = metric.compute()
+    assert out["num_examples"].item() == 4
+    assert out["loss"].item() == pytest.approx((3 * 0.5 + 1 * 2.0) / 4)
+    assert out["accuracy"].item() == pytest.approx(3 / 4)
+
+
+def test_empty_metric_computes_without_error():
+    out = TaskMetrics(3, ["accuracy", "mcc"]).compute()
+    assert out["num_examples"].item() == 0 and out["accuracy"].item() == 0.0

@@ -129,6 +129,15 @@ def test_stage_metrics_average_primary_metrics(tiny_bert):
     assert out["val/avg/score"] == pytest.approx((0.5 + 1.0) / 2)  # accuracy of a, mcc of b
 
 
+def test_stage_metrics_skip_tasks_without_examples_and_report_the_loss(tiny_bert):
+    module = MultiTaskModule(tiny_bert, tasks=[spec("a"), spec("b")])
+    module.task_metrics["test"]["a"].update(torch.tensor([1, 0]), torch.tensor([1, 1]), torch.tensor(0.25))
+    out, losses = module._stage_results("test")
+    assert losses == {"test/a/loss": pytest.approx(0.25)}
+    assert not any(key.startswith("test/b/") for key in out)
+    assert out["test/avg/score"] == pytest.approx(0.5)
+
+
 def test_classification_on_a_seq2seq_backbone_reads_the_encoder(tiny_t5):
     module = MultiTaskModule(tiny_t5, tasks=[spec("cls"), spec("gen", kind="text2text", labels=("negative", "positive"))],
                              pooling="mean")
