@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 import itertools
 import math
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -100,29 +101,43 @@ def grid_search(
         reference: task -> the expert's primary validation metric (the normalizer).
         on_candidate: called after each candidate with its index and record (progress, logging).
 
+    A task whose expert scores <= 0 (e.g. a Matthews correlation of 0 from an expert that
+    predicts one class) cannot normalize anything; it is left out of the average with a warning
+    and recorded under `excluded`, rather than stopping the search.
+
     Raises:
-        ValueError: no candidates, or a scored task without a usable reference (missing or <= 0).
+        ValueError: no candidates, a scored task without any reference, or no task left to rank by.
     """
     if not candidates:
         raise ValueError("search: no candidates to score")
     result = SearchResult()
     best_score = -math.inf
+    warned: set[str] = set()
     for i, params in enumerate(candidates):
         params = dict(params)
         metrics = {task: float(v) for task, v in score(params).items()}
         normalized: dict[str, float] = {}
+        excluded: list[str] = []
         for task, value in metrics.items():
             ref = reference.get(task)
-            if ref is None or not math.isfinite(ref) or ref <= 0:
-                raise ValueError(
-                    f"search: no usable expert validation metric for task {task!r} "
-                    f"(got {ref!r}); the normalized score needs one > 0"
-                )
+            if ref is None:
+                raise ValueError(f"search: no expert validation metric for task {task!r}")
+            if not math.isfinite(ref) or ref <= 0:
+                excluded.append(task)
+                if task not in warned:
+                    warned.add(task)
+                    warnings.warn(f"search: task {task!r} is left out of the normalized average: its "
+                                  f"expert's validation metric is {ref!r} (a ratio needs one > 0)", stacklevel=2)
+                continue
             ratio = normalized_score(value, ref)
             normalized[task] = math.nan if ratio is None else ratio
         # NaN (a diverged candidate) must never win, so it ranks below everything.
+        if not normalized and metrics:
+            raise ValueError(f"search: no task has an expert validation metric > 0 (tasks {sorted(metrics)})")
         avg = sum(normalized.values()) / len(normalized) if normalized else math.nan
         record = {"params": params, "metrics": metrics, "normalized": normalized, "score": avg}
+        if excluded:
+            record["excluded"] = excluded
         result.candidates.append(record)
         if math.isfinite(avg) and avg > best_score:
             best_score, result.best_index = avg, i

@@ -59,3 +59,15 @@ def test_grid_search_picks_best_average_normalized_not_best_raw():
 def test_grid_search_needs_reference():
     with pytest.raises(ValueError, match="task 'b'"):
         grid_search([{}], lambda p: {"a": 0.5, "b": 0.5}, {"a": 0.5})
+
+
+def test_grid_search_leaves_out_tasks_whose_expert_scores_zero():
+    # b's expert has MCC 0 (a constant predictor): the ranking uses a alone, with a warning.
+    table = {0: {"a": 0.4, "b": 0.9}, 1: {"a": 0.5, "b": 0.1}}
+    with pytest.warns(UserWarning, match="task 'b' is left out"):
+        result = grid_search([{"k": 0}, {"k": 1}], lambda p: table[p["k"]], {"a": 0.5, "b": 0.0})
+    assert result.best_index == 1
+    assert result.candidates[1]["score"] == pytest.approx(1.0)
+    assert result.candidates[0]["excluded"] == ["b"] and "b" not in result.candidates[0]["normalized"]
+    with pytest.raises(ValueError, match="no task has an expert validation metric > 0"):
+        grid_search([{}], lambda p: {"b": 0.5}, {"b": 0.0})
