@@ -21,11 +21,17 @@ from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 
 import neuroflow
+from neuroflow.atomic import replace_dir
 from neuroflow.evaluation import basis_merge
 from neuroflow.evaluation.expert_heads_module import Reference
 from neuroflow.evaluation.merge_module import MergeModule
 from neuroflow.evaluation.merged_model import save_merged
-from neuroflow.evaluation.report import load_report, metrics_from_logged, render_markdown, write_report
+from neuroflow.evaluation.report import (
+    load_report,
+    metrics_from_logged,
+    render_markdown,
+    write_report,
+)
 from neuroflow.evaluation.search import expand_grid, grid_search, with_params
 
 REFERENCE_HELP = "manifest | evaluate | <experts report dir or report.json>"
@@ -129,15 +135,10 @@ def _replaceable(path: Path) -> bool:
 
 
 def _swap_into_place(tmp: Path, final: Path) -> None:
-    old = None
+    # The CLI writes its config.yaml into the final folder before the merge finishes; keep it.
     if (final / _CLI_CONFIG).is_file() and not (tmp / _CLI_CONFIG).exists():
         os.replace(final / _CLI_CONFIG, tmp / _CLI_CONFIG)
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    replace_dir(tmp, final)
 
 
 def _progress_bar(model: MergeModule, enabled: bool) -> Any:

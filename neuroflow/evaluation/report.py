@@ -13,13 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import re
-import tempfile
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from neuroflow.atomic import atomic_write
 
 REPORT_FORMAT = "neuroflow-report/1"
 COMBINED_FORMAT = "neuroflow-combined-report/1"
@@ -171,22 +171,6 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _atomic_write(path: Path, write: Any) -> None:
-    """Write through `write(tmp_path)` then rename, so a reader never sees a half-written file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        # mkstemp creates 0600 files; reports are meant to be shared like any other output.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _bar_chart(groups: list[str], series: dict[str, list[float | None]], title: str, path: Path) -> None:
     import matplotlib
 
@@ -217,10 +201,10 @@ def write_report(report: Mapping[str, Any], out_dir: str | Path) -> dict[str, Pa
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {kind: out / f"report.{kind}" for kind in ("json", "md", "png")}
-    _atomic_write(paths["json"], lambda p: p.write_text(json.dumps(report, indent=2) + "\n"))
+    atomic_write(paths["json"], lambda p: p.write_text(json.dumps(report, indent=2) + "\n"))
     combined = report.get("format") == COMBINED_FORMAT
     markdown = render_combined_markdown(report) if combined else render_markdown(report)
-    _atomic_write(paths["md"], lambda p: p.write_text(markdown))
+    atomic_write(paths["md"], lambda p: p.write_text(markdown))
     if combined:
         groups, series, title = _combined_series(report)
     else:
@@ -232,7 +216,7 @@ def write_report(report: Mapping[str, Any], out_dir: str | Path) -> dict[str, Pa
             "expert": [e["expert"].get(e["primary_metric"]) for e in entries] + [avg["expert_score"]],
         }
         title = f"{report['name']} ({report['split']}): avg normalized {_fmt(avg['normalized'], False)}"
-    _atomic_write(paths["png"], lambda p: _bar_chart(groups, series, title, p))
+    atomic_write(paths["png"], lambda p: _bar_chart(groups, series, title, p))
     return paths
 
 

@@ -22,9 +22,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import neuroflow
+from neuroflow.atomic import atomic_write_json, replace_dir
 from neuroflow.experts.fingerprint import fingerprint_state_dict
 from neuroflow.experts.lora_delta import lora_adapter_deltas
-from neuroflow.experts.manifest import ENTRY, atomic_write_json, rebuild_manifest
+from neuroflow.experts.manifest import ENTRY, rebuild_manifest
 from neuroflow.models.heads import ClassificationHead
 
 if TYPE_CHECKING:
@@ -140,22 +141,11 @@ def save_expert(
             if len(module.task_names) == 1:
                 entry["head"] = entry["heads"][module.task_names[0]]
         atomic_write_json(tmp / ENTRY, entry)
-        _swap_in(tmp, experts_dir / name)
+        replace_dir(tmp, experts_dir / name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     rebuild_manifest(experts_dir)
     return entry
-
-
-def _swap_in(tmp: Path, final: Path) -> None:
-    """Replace `final` by the finished `tmp` folder; the old one is removed only afterwards."""
-    old = None
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def load_expert_head(

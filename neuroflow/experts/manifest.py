@@ -10,36 +10,17 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
+
+from neuroflow.atomic import atomic_write_json, atomic_write_text  # noqa: F401 (re-exported)
 
 MANIFEST = "manifest.json"
 ENTRY = "expert.json"
 LOCK = ".manifest.lock"
 MANIFEST_VERSION = 1
 REQUIRED_KEYS = ("name", "task", "base_model", "base_fingerprint", "family", "mode", "backbone")
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write `text` to a temporary file next to `path`, fsync it, then `os.replace` it in."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: str | os.PathLike, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
 
 
 @contextmanager

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
 import shutil
-import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,22 +19,20 @@ from typing import Any, Callable
 
 import yaml
 
+from neuroflow.atomic import atomic_write_json, atomic_write_text
 from neuroflow.pipeline.launch import LAUNCHERS, StageFailed, write_config
-from neuroflow.pipeline.plan import MULTITASK_ROW, REFERENCE_ROW, Planner, Stage, plan_recipe
+from neuroflow.pipeline.plan import (
+    MULTITASK_ROW,
+    REFERENCE_ROW,
+    Planner,
+    Stage,
+    plan_recipe,
+)
 from neuroflow.pipeline.recipe import Recipe, recipe_to_dict
-from neuroflow.pipeline.table import render_rows_table, rename_runs, renormalize
+from neuroflow.pipeline.table import rename_runs, render_rows_table, renormalize
 
 STATE_FILE = "pipeline_state.json"
 STAGE_GROUPS = ("fit", "multitask", "baselines", "merge", "report")
-
-
-def _atomic_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(data, handle, indent=2, default=str)
-        handle.write("\n")
-    os.replace(tmp, path)
 
 
 def manifest_entries(experts_dir: Path) -> dict[str, dict[str, Any]]:
@@ -115,7 +111,7 @@ class PipelineRunner:
         return {"stages": {}}
 
     def _save_state(self) -> None:
-        _atomic_json(self.state_path, self.state)
+        atomic_write_json(self.state_path, self.state)
 
     # -- skipping ------------------------------------------------------------------------------
     def _skip_reason(self, stage: Stage) -> str | None:
@@ -207,11 +203,8 @@ class PipelineRunner:
         self.out.mkdir(parents=True, exist_ok=True)
         self.state["recipe"] = recipe_to_dict(self.recipe)
         self.state["versions"] = _versions()
-        fd, tmp = tempfile.mkstemp(dir=self.out, prefix=".recipe.resolved.yaml.")
-        with os.fdopen(fd, "w") as handle:
-            yaml.safe_dump(recipe_to_dict(self.recipe), handle, sort_keys=False)
-        os.replace(tmp, self.out / "recipe.resolved.yaml")
-        _atomic_json(self.out / "task_specs.json", self.planner.specs)
+        atomic_write_text(self.out / "recipe.resolved.yaml", yaml.safe_dump(recipe_to_dict(self.recipe), sort_keys=False))
+        atomic_write_json(self.out / "task_specs.json", self.planner.specs)
         started = time.perf_counter()
         for stage in self.planner.stages():
             if self._group(stage) in self.only:
