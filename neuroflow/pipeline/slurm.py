@@ -49,14 +49,18 @@ DDP_ARGS=(--trainer.accelerator gpu --trainer.devices "$${SLURM_NTASKS_PER_NODE}
 _FIT_BODY = Template("""
 CONFIGS=($configs)
 DONE_MARKERS=($markers)
+# The joint model needs unused-parameter detection: a single-task batch gives the other tasks'
+# heads no gradient, which plain DDP treats as an error.
+STRATEGIES=($strategies)
 CONFIG=$${CONFIGS[$${SLURM_ARRAY_TASK_ID}]}
+STRATEGY=$${STRATEGIES[$${SLURM_ARRAY_TASK_ID}]}
 MARKER=$${DONE_MARKERS[$${SLURM_ARRAY_TASK_ID}]}
 # Like a local rerun: an expert already in the manifest is kept unless NEUROFLOW_FORCE=1.
 if [[ -f "$${MARKER}" && "$${NEUROFLOW_FORCE:-0}" != 1 ]]; then
     echo "skip $${CONFIG}: $${MARKER} exists (NEUROFLOW_FORCE=1 to retrain)"
     exit 0
 fi
-srun python -m neuroflow fit --config "$${CONFIG}" "$${DDP_ARGS[@]}"
+srun python -m neuroflow fit --config "$${CONFIG}" "$${DDP_ARGS[@]}" --trainer.strategy "$${STRATEGY}"
 """)
 
 _SUBMIT = Template("""#!/bin/bash
@@ -128,6 +132,7 @@ def render_slurm(recipe: Recipe, planner: Planner, out_dir: str | Path) -> dict[
     )
     fit_script += _FIT_BODY.substitute(
         configs=" ".join(_q(paths[s.name]) for s in fits),
+        strategies=" ".join("ddp" if s.kind == "expert" else "ddp_find_unused_parameters_true" for s in fits),
         markers=" ".join(_q(_done_marker(planner, s) if _done_marker(planner, s).is_absolute()
                             else workdir / _done_marker(planner, s)) for s in fits),
     )

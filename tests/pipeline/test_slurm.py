@@ -45,7 +45,9 @@ def test_scripts_render_and_are_valid_bash(rendered: dict[str, Path], tmp_path: 
     assert "#SBATCH --ntasks-per-node=4" in fit and "#SBATCH --gpus-per-node=4" in fit
     assert "#SBATCH --partition=gpu" in fit and "#SBATCH --account=proj42" in fit
     assert '--trainer.devices "${SLURM_NTASKS_PER_NODE}" --trainer.num_nodes "${SLURM_NNODES}"' in fit
-    assert 'srun python -m neuroflow fit --config "${CONFIG}" "${DDP_ARGS[@]}"' in fit
+    assert 'srun python -m neuroflow fit --config "${CONFIG}" "${DDP_ARGS[@]}" --trainer.strategy "${STRATEGY}"' in fit
+    # plain DDP for the experts; the joint model needs unused-parameter detection (other tasks' heads)
+    assert "STRATEGIES=(ddp ddp ddp_find_unused_parameters_true)" in fit
     assert fit.index("source .venv/bin/activate") < fit.index("\nset -u\n")
     assert "--dependency=afterok:\"${FIT_JOB}\"" in submit and "sbatch --parsable" in submit
     for stage in ("test_pretrained", "test_individual", "test_multitask", "merge_ties", "merge_neuromerging_val"):
@@ -72,15 +74,17 @@ def test_array_elements_skip_collected_experts(rendered: dict[str, Path], tmp_pa
     env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "SLURM_NTASKS_PER_NODE": "4", "SLURM_NNODES": "2",
            "SRUN_LOG": str(log), "HOME": str(tmp_path)}
     outs = []
-    for index in ("0", "1"):
+    for index in ("0", "1", "2"):
         result = subprocess.run(["bash", str(runnable)], env={**env, "SLURM_ARRAY_TASK_ID": index},
                                 capture_output=True, text=True)
         assert result.returncode == 0, result.stderr
         outs.append(result.stdout)
     assert "skip" in outs[0] and "trec" in outs[0]
     calls = log.read_text().splitlines()
-    assert len(calls) == 1 and "configs/fit_sst2.yaml" in calls[0]
-    assert calls[0].endswith("--trainer.accelerator gpu --trainer.devices 4 --trainer.num_nodes 2 --trainer.strategy ddp")
+    assert len(calls) == 2 and "configs/fit_sst2.yaml" in calls[0] and "configs/fit_multitask.yaml" in calls[1]
+    assert calls[0].endswith("--trainer.accelerator gpu --trainer.devices 4 --trainer.num_nodes 2 "
+                             "--trainer.strategy ddp --trainer.strategy ddp")
+    assert calls[1].endswith("--trainer.strategy ddp_find_unused_parameters_true")
 
 
 def _neuroflow_commands(script: str) -> list[list[str]]:
