@@ -281,9 +281,9 @@ class Planner:
             config["trainer"]["default_root_dir"] = str(out)
             config["output_dir"] = str(out)
             # The individual row already scored the experts on the test splits: merges normalize by
-            # that report instead of re-evaluating them. A search also needs the experts' validation
-            # numbers, which the manifest recorded at fit time.
-            if self.recipe.baselines.individual and not run.search:
+            # that report instead of re-evaluating them. A search's validation normalizers come from
+            # the manifest (recorded at fit time); the merge command reads each from its source.
+            if self.recipe.baselines.individual:
                 config["reference"] = str(self.eval_dir(REFERENCE_ROW))
             stages.append(Stage(f"merge_{run.name}", "merge", config, kind="merge", row=run.name,
                                 report_dir=out))

@@ -88,7 +88,7 @@ def test_stage_configs(recipe_path: Path, tmp_path: Path) -> None:
     assert merge["model"]["init_args"]["method"] == {"class_path": "neuroflow.merging.TIES", "init_args": {"mask_rate": 0.7}}
     assert merge["reference"] == str(planner.eval_dir("individual"))  # experts scored once, by the individual row
     search = stages["merge_nm_val"].config
-    assert search["model"]["init_args"]["search"] == {"lambda_2": ["auto", 1.0]} and "reference" not in search
+    assert search["model"]["init_args"]["search"] == {"lambda_2": ["auto", 1.0]} and search["reference"] == str(planner.eval_dir("individual"))
 
 
 def test_every_stage_config_parses_with_the_real_cli(recipe_path: Path, capsys: pytest.CaptureFixture) -> None:
