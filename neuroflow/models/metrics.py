@@ -105,7 +105,9 @@ class TaskMetrics(Metric):
         counts = torch.bincount(index, minlength=(self.num_classes + 1) ** 2)
         self.confusion += counts.reshape(self.num_classes + 1, -1).to(self.confusion)
         if loss is not None:
-            self.loss_sum += float(loss) * target.numel()
+            # Stays on the device: a `float()` here would stall every GPU evaluation step.
+            loss = torch.as_tensor(loss, device=self.loss_sum.device).detach().to(self.loss_sum.dtype)
+            self.loss_sum += loss * target.numel()
 
     def compute(self) -> dict[str, torch.Tensor]:
         cm = self.confusion
