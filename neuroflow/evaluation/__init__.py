@@ -8,7 +8,7 @@ from neuroflow.evaluation.experts_module import ExpertsModule
 from neuroflow.evaluation.merge_module import MergeModule
 from neuroflow.evaluation.merged_model import MergedModel, load_merged, read_card, save_merged
 from neuroflow.evaluation.report import build_report, combine_reports, load_report, write_report
-from neuroflow.evaluation.search import expand_grid, grid_search
+from neuroflow.merging.search import expand_grid, grid_search
 
 __all__ = [
     "ExpertHeadsModule",

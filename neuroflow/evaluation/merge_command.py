@@ -22,7 +22,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 import neuroflow
 from neuroflow.atomic import replace_dir
-from neuroflow.evaluation import basis_merge
+from neuroflow.merging import basis as basis_merge
 from neuroflow.evaluation.expert_heads_module import Reference
 from neuroflow.evaluation.merge_module import MergeModule
 from neuroflow.evaluation.merged_model import save_merged
@@ -32,7 +32,7 @@ from neuroflow.evaluation.report import (
     render_markdown,
     write_report,
 )
-from neuroflow.evaluation.search import expand_grid, grid_search, with_params
+from neuroflow.merging.search import expand_grid, grid_search, with_params
 
 REFERENCE_HELP = "manifest | evaluate | <experts report dir or report.json>"
 

@@ -18,7 +18,7 @@ from torch import Tensor
 from neuroflow.data.task_spec import TaskSpec
 from neuroflow.evaluation.expert_heads_module import ExpertHeadsModule
 from neuroflow.evaluation.manifest_experts import ManifestExperts
-from neuroflow.evaluation.search import check_search_keys, expand_grid
+from neuroflow.merging.search import check_search_keys, expand_grid
 from neuroflow.merging import MergeMethod, NeuroMerging, routing_from_module
 from neuroflow.merging import merge as merge_experts
 

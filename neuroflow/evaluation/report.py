@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from neuroflow.atomic import atomic_write
+from neuroflow.merging.search import normalized_score  # noqa: F401 (re-exported)
 
 REPORT_FORMAT = "neuroflow-report/1"
 COMBINED_FORMAT = "neuroflow-combined-report/1"
@@ -28,20 +29,6 @@ REPORT_FILES = ("report.json", "report.md", "report.png")
 # Lightning appends this to keys logged from the 2nd..Nth dataloader unless the module logs with
 # add_dataloader_idx=False; accept both so reports don't depend on how a module logs.
 _DATALOADER_SUFFIX = re.compile(r"/dataloader_idx_\d+$")
-
-
-def normalized_score(value: float | None, expert: float | None) -> float | None:
-    """`value / expert`, or None where the ratio means nothing (missing, non-finite, expert <= 0).
-
-    Args:
-        value: the evaluated model's primary metric on a task.
-        expert: the task's expert on the same metric and split.
-    """
-    if value is None or expert is None:
-        return None
-    if not (math.isfinite(value) and math.isfinite(expert)) or expert <= 0:
-        return None
-    return value / expert
 
 
 def metrics_from_logged(

@@ -27,6 +27,9 @@ class MergeMethod(ABC):
     """
 
     name: ClassVar[str] = "merge_method"
+    #: Constructor arguments that only scale the update (`delta` is linear in each of them, the
+    #: others fixed). A validation search over them reuses `basis()` merges instead of re-merging.
+    linear_hparams: ClassVar[tuple[str, ...]] = ()
 
     def hparams(self) -> dict[str, Any]:
         """The constructor arguments, as recorded in merge cards."""
@@ -36,6 +39,33 @@ class MergeMethod(ABC):
             for key, p in params.items()
             if key != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and hasattr(self, key)
         }
+
+    def with_params(self, **params: Any) -> MergeMethod:
+        """A new instance of this class with some hyperparameters replaced."""
+        return type(self)(**{**self.hparams(), **params})
+
+    def basis(self) -> list[MergeMethod]:
+        """Methods whose updates `b_k` span this method's updates over `linear_hparams`: the update
+        of any setting of them is `sum_k c_k * b_k` with `c = coefficients(...)`.
+
+        The default basis sets one linear hyperparameter to 1 and the others to 0.
+        """
+        names = self.linear_hparams
+        return [self.with_params(**{k: float(k == j) for k in names}) for j in names]
+
+    def coefficients(self, basis_info: list[dict[str, Any]]) -> list[float]:
+        """This method's coefficients on `basis()`.
+
+        Args:
+            basis_info: the engine's info of each basis merge (statistics such as an automatic
+                coefficient the basis was merged with).
+        """
+        return [float(getattr(self, k)) for k in self.linear_hparams]
+
+    def group_key(self) -> tuple:
+        """What candidates must share to share a basis: the class and the non-linear hyperparameters."""
+        fixed = sorted((k, repr(v)) for k, v in self.hparams().items() if k not in self.linear_hparams)
+        return (type(self).__module__, type(self).__qualname__, *fixed)
 
     def prepare(self, task_vectors: TaskVectors) -> dict[str, Any]:
         """Statistics gathered in passes over all merged tensors before merging any of them.

@@ -43,6 +43,7 @@ class DARE(MergeMethod):
     """
 
     name = "dare"
+    linear_hparams = ("scaling",)
 
     def __init__(
         self,

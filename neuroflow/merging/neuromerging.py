@@ -110,6 +110,7 @@ class NeuroMerging(MergeMethod):
     """
 
     name = "neuromerging"
+    linear_hparams = ("lambda_1", "lambda_2")
 
     def __init__(self, mask_rate: float = 0.8, lambda_1: float = 0.0, lambda_2: float | Literal["auto"] = "auto") -> None:
         if not 0.0 <= mask_rate <= 1.0:
@@ -124,6 +125,16 @@ class NeuroMerging(MergeMethod):
     def mode(self) -> str:
         """"lite" (no validation: `lambda_1=0`, automatic `lambda_2`) or "full"."""
         return "lite" if self.lambda_1 == 0.0 and self.lambda_2 == "auto" else "full"
+
+    def basis(self) -> list[MergeMethod]:
+        # The orthogonal basis is merged with the automatic lambda_2 (a number the statistics
+        # pass yields), and `coefficients` rescales it; a fixed lambda_2 is then one case of it.
+        return [self.with_params(lambda_1=1.0, lambda_2=0.0), self.with_params(lambda_1=0.0, lambda_2="auto")]
+
+    def coefficients(self, basis_info: list[dict[str, Any]]) -> list[float]:
+        auto = float(basis_info[1]["statistics"]["lambda_2"])
+        lambda_2 = auto if self.lambda_2 == "auto" else float(self.lambda_2)
+        return [self.lambda_1, lambda_2 / auto]
 
     def prepare(self, task_vectors: TaskVectors) -> dict[str, Any]:
         trim = task_vectors.trim_statistics(self.mask_rate)

@@ -18,6 +18,7 @@ class TaskArithmetic(MergeMethod):
     """
 
     name = "task_arithmetic"
+    linear_hparams = ("scaling",)
 
     def __init__(self, scaling: float = 0.3) -> None:
         self.scaling = float(scaling)

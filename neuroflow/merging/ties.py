@@ -24,6 +24,7 @@ class TIES(MergeMethod):
     """
 
     name = "ties"
+    linear_hparams = ("scaling",)
 
     def __init__(self, mask_rate: float = 0.8, scope: Literal["global", "tensor"] = "global", scaling: float = 1.0) -> None:
         if not 0.0 <= mask_rate <= 1.0:

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from neuroflow.evaluation.basis_merge import BasisMerges, supports
-from neuroflow.evaluation.search import with_params
+from neuroflow.merging.basis import BasisMerges, supports
+from neuroflow.merging.search import with_params
 from neuroflow.merging import DARE, TIES, NeuroMerging, TaskArithmetic, WeightAveraging, merge, routing_from_module
 
 

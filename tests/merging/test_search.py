@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from neuroflow.evaluation.search import check_search_keys, expand_grid, grid_search, with_params
+from neuroflow.merging.search import check_search_keys, expand_grid, grid_search, with_params
 
 
 class Method:
