@@ -11,6 +11,7 @@ from torch import Tensor
 from neuroflow.merging.base import MergeMethod
 from neuroflow.merging.routing import Route
 from neuroflow.merging.steps import ties_merge
+from neuroflow.merging.validation import check_choice, check_finite, check_int, check_range
 
 
 def keep_mask(shape: torch.Size, drop_rate: float, seed: int, expert: int, name: str) -> Tensor:
@@ -36,10 +37,10 @@ class DARE(MergeMethod):
 
     Args:
         drop_rate: probability of dropping each entry, in [0, 1).
-        seed: seed of the drop masks; the mask of a tensor depends only on (seed, expert index, name).
+        seed: integer seed of the drop masks; the mask of a tensor depends only on (seed, expert index, name).
         then: "task_arithmetic" (sum the rescaled task vectors) or "ties" (sign election and disjoint
             mean, no further trimming).
-        scaling: coefficient applied to the merged task vector.
+        scaling: coefficient applied to the merged task vector (finite).
     """
 
     name = "dare"
@@ -52,14 +53,11 @@ class DARE(MergeMethod):
         then: Literal["task_arithmetic", "ties"] = "task_arithmetic",
         scaling: float = 1.0,
     ) -> None:
-        if not 0.0 <= drop_rate < 1.0:
-            raise ValueError(f"DARE: drop_rate must be in [0, 1), got {drop_rate}")
-        if then not in ("task_arithmetic", "ties"):
-            raise ValueError(f"DARE: then must be 'task_arithmetic' or 'ties', got {then!r}")
-        self.drop_rate = float(drop_rate)
-        self.seed = int(seed)
-        self.then = then
-        self.scaling = float(scaling)
+        # drop_rate 1 would drop everything and rescale by 1 / 0.
+        self.drop_rate = check_range(self, "drop_rate", drop_rate, 0.0, 1.0, high_inclusive=False)
+        self.seed = check_int(self, "seed", seed)
+        self.then = check_choice(self, "then", then, ("task_arithmetic", "ties"))
+        self.scaling = check_finite(self, "scaling", scaling)
 
     def merge_tensor(self, name: str, base: Tensor, task_vectors: Tensor, route: Route, stats: dict[str, Any]) -> Tensor:
         if self.drop_rate > 0.0:

@@ -26,6 +26,7 @@ from neuroflow.merging.base import MergeMethod
 from neuroflow.merging.routing import Route
 from neuroflow.merging.steps import ties_merge, trim_tasks_
 from neuroflow.merging.task_vectors import TaskVectors
+from neuroflow.merging.validation import MergeInputError, check_finite, check_range
 
 # Scalars (T x rows x fan_in) per block of neurons processed together.
 _CHUNK_ELEMENTS = 1 << 18
@@ -102,10 +103,10 @@ class NeuroMerging(MergeMethod):
     """NeuroMerging: neuron-level subspace merging (Lite: `lambda_1=0, lambda_2="auto"`; Full otherwise).
 
     Args:
-        mask_rate: fraction of each task vector's entries dropped by magnitude, over the whole model
-            (0.8 keeps the top 20%; 0 keeps everything).
-        lambda_1: coefficient of the merged parallel part `psi_par` (0 in NeuroMerging Lite).
-        lambda_2: coefficient of the merged orthogonal part and of point parameters; "auto" uses
+        mask_rate: fraction of each task vector's entries dropped by magnitude, over the whole model,
+            in [0, 1) (0.8 keeps the top 20%; 0 keeps everything).
+        lambda_1: coefficient of the merged parallel part `psi_par` (finite; 0 in NeuroMerging Lite).
+        lambda_2: coefficient (finite) of the merged orthogonal part and of point parameters; "auto" uses
             `1 / (1 - max_t sigma_t)`, `sigma_t` being the fraction of task t's L1 mass removed by the trim.
     """
 
@@ -113,13 +114,10 @@ class NeuroMerging(MergeMethod):
     linear_hparams = ("lambda_1", "lambda_2")
 
     def __init__(self, mask_rate: float = 0.8, lambda_1: float = 0.0, lambda_2: float | Literal["auto"] = "auto") -> None:
-        if not 0.0 <= mask_rate <= 1.0:
-            raise ValueError(f"NeuroMerging: mask_rate must be in [0, 1], got {mask_rate}")
-        if lambda_2 != "auto" and isinstance(lambda_2, str):
-            raise ValueError(f"NeuroMerging: lambda_2 must be a number or 'auto', got {lambda_2!r}")
-        self.mask_rate = float(mask_rate)
-        self.lambda_1 = float(lambda_1)
-        self.lambda_2 = lambda_2 if lambda_2 == "auto" else float(lambda_2)
+        # mask_rate 1 would trim everything (and make the automatic lambda_2 1 / (1 - 1)).
+        self.mask_rate = check_range(self, "mask_rate", mask_rate, 0.0, 1.0, high_inclusive=False)
+        self.lambda_1 = check_finite(self, "lambda_1", lambda_1)
+        self.lambda_2 = check_finite(self, "lambda_2", lambda_2, special=("auto",))
 
     @property
     def mode(self) -> str:
@@ -138,11 +136,26 @@ class NeuroMerging(MergeMethod):
 
     def prepare(self, task_vectors: TaskVectors) -> dict[str, Any]:
         trim = task_vectors.trim_statistics(self.mask_rate)
-        sigma = max(trim.sigma, default=0.0)
-        lambda_2 = 1.0 / (1.0 - sigma) if self.lambda_2 == "auto" else self.lambda_2
+        lambda_2 = self._auto_lambda_2(trim.sigma, task_vectors) if self.lambda_2 == "auto" else self.lambda_2
         return {"trim": trim, "lambda_1": self.lambda_1, "lambda_2": lambda_2, "mode": self.mode}
 
+    def _auto_lambda_2(self, sigma: list[float], task_vectors: TaskVectors) -> float:
+        """`1 / (1 - max_t sigma_t)`, refused when a task lost all its mass (sigma_t = 1, or NaN)."""
+        for t, removed in enumerate(sigma):
+            # `not <` also catches NaN; float rounding can push a nearly complete trim to >= 1.
+            if not removed < 1.0:
+                raise MergeInputError(
+                    f"NeuroMerging: the trim at mask_rate={self.mask_rate} removes all of "
+                    f"{task_vectors.experts.describe(t)}'s task-vector mass (sigma={removed}), so "
+                    "lambda_2='auto' = 1 / (1 - sigma) is undefined; lower mask_rate or give lambda_2 a number"
+                )
+        return 1.0 / (1.0 - max(sigma, default=0.0))
+
     def merge_tensor(self, name: str, base: Tensor, task_vectors: Tensor, route: Route, stats: dict[str, Any]) -> Tensor:
+        if base.numel() == 0:
+            # No neurons (or neurons of no inputs): nothing to merge, and the neuron view of a
+            # zero-size tensor cannot be formed.
+            return torch.zeros_like(base)
         thresholds = stats["trim"].thresholds
         if route.kind != "neuron":
             return stats["lambda_2"] * ties_merge(trim_tasks_(task_vectors, thresholds))

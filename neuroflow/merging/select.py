@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from neuroflow.merging.steps import kth_index
+from neuroflow.merging.validation import check_range
 
 _DIGIT_BITS = 16
 # Entries per task processed at once, and buffered before one bincount call: bounds the
@@ -111,7 +112,8 @@ def _levels(dtype: torch.dtype) -> list[tuple[int, int]]:
 
 
 def tensor_stream(tensors: Sequence[Tensor]) -> Stream:
-    """A `Stream` over in-memory tensors, each `(T, ...)` (task values stacked on dim 0).
+    """A `Stream` over in-memory tensors, each `(T, ...)` (task values stacked on dim 0; empty
+    tensors yield empty blocks, which count for nothing).
 
     Args:
         tensors: the per-tensor task values.
@@ -145,8 +147,8 @@ def streamed_trim_statistics(
     """
     if dtype not in _INT_VIEW:
         raise ValueError(f"selection dtype must be float32 or float64, got {dtype}")
-    if not 0.0 <= mask_rate <= 1.0:
-        raise ValueError(f"mask_rate must be in [0, 1], got {mask_rate}")
+    # k = P (mask_rate 1) is a valid selection here; methods that trim refuse it themselves.
+    mask_rate = check_range("streamed_trim_statistics", "mask_rate", mask_rate, 0.0, 1.0)
     if strategy not in ("auto", "radix"):
         raise ValueError(f"strategy must be 'auto' or 'radix', got {strategy!r}")
     k = kth_index(numel, mask_rate)
@@ -174,7 +176,10 @@ def _bracket(stream: Stream, num_tasks: int, numel: int, k: int, dtype: torch.dt
     stride += stride > 1 and stride % 2 == 0  # odd: less likely to alias with row lengths
     if stride == 1:  # small models: everything is a candidate
         return torch.zeros(num_tasks, dtype=dtype), torch.full((num_tasks,), math.inf, dtype=dtype), numel
-    sample = torch.cat(list(_blocks(stream, stride, num_tasks, dtype)), dim=1)
+    blocks = list(_blocks(stream, stride, num_tasks, dtype))
+    if not blocks:  # a stream short of `numel`: the full pass reports it
+        return torch.zeros(num_tasks, dtype=dtype), torch.full((num_tasks,), math.inf, dtype=dtype), numel
+    sample = torch.cat(blocks, dim=1)
     m = sample.shape[1]
     p = k / numel
     spread = _WINDOW_SIGMAS * math.sqrt(m * p * (1.0 - p)) + 2.0

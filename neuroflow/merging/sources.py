@@ -36,12 +36,21 @@ def as_task_vector(
     task vectors are computed, so every pass over them sees bit-identical values.
 
     Args:
-        stored: what the expert stores (weights or task vector), any float dtype.
-        base: the matching slice of the pre-trained weights.
+        stored: what the expert stores (weights or task vector), any float dtype (integer and bool
+            tensors raise TypeError: they are never merged).
+        base: the matching slice of the pre-trained weights (float too, unless unused).
         dtype: computation dtype.
         stored_is_task_vector: `stored` already is `theta_t - theta_0`.
         out: optional destination of shape `stored.shape` and dtype `dtype`.
     """
+    # Integer and bool tensors are copied from the base, never merged: a float task vector of
+    # them would round large ids and turn masks into numbers.
+    for what, tensor in (("stored", stored), ("base", None if stored_is_task_vector else base)):
+        if tensor is not None and not tensor.is_floating_point():
+            raise TypeError(
+                f"as_task_vector: the {what} tensor has dtype {tensor.dtype}; only floating-point "
+                "tensors have task vectors (integer and bool tensors are copied from the base)"
+            )
     # Merging runs on the CPU whatever device the inputs live on (results go back to the base's).
     stored = stored.detach().to(device="cpu", dtype=dtype)
     if stored_is_task_vector:

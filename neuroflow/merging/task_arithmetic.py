@@ -8,20 +8,22 @@ from torch import Tensor
 
 from neuroflow.merging.base import MergeMethod
 from neuroflow.merging.routing import Route
+from neuroflow.merging.validation import check_finite
 
 
 class TaskArithmetic(MergeMethod):
     """Task Arithmetic: `theta = theta_0 + scaling * sum_t tau_t`.
 
     Args:
-        scaling: coefficient applied to the summed task vectors (0.3 is the usual choice without validation).
+        scaling: coefficient applied to the summed task vectors (finite; 0.3 is the usual choice
+            without validation).
     """
 
     name = "task_arithmetic"
     linear_hparams = ("scaling",)
 
     def __init__(self, scaling: float = 0.3) -> None:
-        self.scaling = float(scaling)
+        self.scaling = check_finite(self, "scaling", scaling)
 
     def merge_tensor(self, name: str, base: Tensor, task_vectors: Tensor, route: Route, stats: dict[str, Any]) -> Tensor:
         return self.scaling * task_vectors.sum(dim=0)

@@ -17,6 +17,7 @@ from torch import Tensor
 from neuroflow.merging.routing import Route
 from neuroflow.merging.select import TrimStatistics, streamed_trim_statistics
 from neuroflow.merging.sources import ExpertSource, as_task_vector, tensor_meta
+from neuroflow.merging.validation import MergeInputError, non_float_message
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -30,7 +31,8 @@ class TaskVectors:
     Args:
         base: the pre-trained weights `theta_0` (any mapping; may be lazy).
         experts: the T experts.
-        routing: the route of every tensor of `base`; tensors routed "skip" are not merged.
+        routing: the route of every tensor of `base`; tensors routed "skip" are not merged (every
+            other tensor must be floating-point: `MergeInputError` otherwise).
     """
 
     def __init__(self, base: Mapping[str, Tensor], experts: ExpertSource, routing: Mapping[str, Route]) -> None:
@@ -40,6 +42,11 @@ class TaskVectors:
         self.names = [name for name in base if routing[name].kind != "skip"]
         # Shapes and dtypes once, from the header when the base is a lazy file (no tensor reads).
         self._meta = {name: tensor_meta(base, name) for name in self.names}
+        for name, (_, dtype) in self._meta.items():
+            # A task vector of an integer or bool tensor would be computed in float: refuse it
+            # here too, whoever built the routing (the engine routes them "skip").
+            if not dtype.is_floating_point:
+                raise MergeInputError(non_float_message(name, dtype, routing[name]))
         self._trim_cache: dict[float, TrimStatistics] = {}
         self._custom_task_vector = type(experts).task_vector is not ExpertSource.task_vector
 

@@ -10,6 +10,7 @@ from neuroflow.merging.base import MergeMethod
 from neuroflow.merging.routing import Route
 from neuroflow.merging.steps import tensor_threshold, ties_merge, trim_tasks_
 from neuroflow.merging.task_vectors import TaskVectors
+from neuroflow.merging.validation import check_choice, check_finite, check_range
 
 
 class TIES(MergeMethod):
@@ -17,23 +18,21 @@ class TIES(MergeMethod):
     mass, average the entries that agree with it, then scale.
 
     Args:
-        mask_rate: fraction of each task vector's entries dropped by magnitude (0.8 keeps the top 20%).
+        mask_rate: fraction of each task vector's entries dropped by magnitude, in [0, 1) (0.8 keeps
+            the top 20%).
         scope: where the magnitude threshold is taken: "global" over all merged tensors of a task
             (as in the TIES paper) or "tensor" (per tensor).
-        scaling: coefficient applied to the merged task vector.
+        scaling: coefficient applied to the merged task vector (finite).
     """
 
     name = "ties"
     linear_hparams = ("scaling",)
 
     def __init__(self, mask_rate: float = 0.8, scope: Literal["global", "tensor"] = "global", scaling: float = 1.0) -> None:
-        if not 0.0 <= mask_rate <= 1.0:
-            raise ValueError(f"TIES: mask_rate must be in [0, 1], got {mask_rate}")
-        if scope not in ("global", "tensor"):
-            raise ValueError(f"TIES: scope must be 'global' or 'tensor', got {scope!r}")
-        self.mask_rate = float(mask_rate)
-        self.scope = scope
-        self.scaling = float(scaling)
+        # mask_rate 1 would trim every entry of every task: nothing left to merge.
+        self.mask_rate = check_range(self, "mask_rate", mask_rate, 0.0, 1.0, high_inclusive=False)
+        self.scope = check_choice(self, "scope", scope, ("global", "tensor"))
+        self.scaling = check_finite(self, "scaling", scaling)
 
     def prepare(self, task_vectors: TaskVectors) -> dict[str, Any]:
         if self.scope == "global":
