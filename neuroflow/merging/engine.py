@@ -2,16 +2,21 @@
 
 ```python
 merged = merge_state_dicts(base, experts, NeuroMerging(mask_rate=0.8), routing=None, exclude=None)
+stream = merge_stream(base, experts, TIES(), threads=2)   # validated, statistics gathered
+for name, tensor in stream: ...                           # merged tensors in base order
 ```
 The engine never holds more than one tensor's task vectors at a time (O(T x largest tensor) extra
-memory), so experts can be streamed from disk (`SafetensorsExperts`). The result has the keys, shapes
-and dtypes of `base` (and its tensors' devices; the arithmetic runs on the CPU); tensors that are not
-merged are copies of the base.
+memory, plus the next tensor's while it is prefetched), so experts can be streamed from disk. The
+result has the keys, shapes and dtypes of `base` (and its tensors' devices; the arithmetic runs on
+the CPU); tensors that are not merged (integer/bool, excluded) are copies of the base.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +31,9 @@ from neuroflow.merging.task_vectors import TaskVectors, compute_dtype
 from neuroflow.merging.validation import MergeInputError, validate_inputs
 
 Progress = Callable[[str], Any] | Any  # a callable taking the tensor name, or a tqdm-like `.update(n)`
+# The next tensor's task vectors are read ahead only when they fit in this many bytes, so the
+# prefetch adds at most this much to the (T + 2) x largest-tensor working set.
+PREFETCH_BYTES = 256 << 20
 
 
 @dataclass
@@ -91,6 +99,155 @@ def _tick(progress: Progress | None, name: str) -> None:
         progress(name)
 
 
+@contextmanager
+def _intra_op_threads(threads: int | None) -> Iterator[None]:
+    """torch's intra-op thread count set to `threads` inside the block (None: left as it is)."""
+    if threads is None:
+        yield
+        return
+    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
+        raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _check_merged_finite(tensor: Tensor, name: str, method: MergeMethod) -> None:
+    # A finite sum proves every entry finite at the cost of one read of the output.
+    if bool(torch.isfinite(tensor.sum(dtype=torch.float64 if tensor.dtype == torch.float64 else torch.float32))):
+        return
+    bad = torch.isnan(tensor).any()
+    if bad or not bool(torch.isfinite(tensor).all()):
+        raise MergeInputError(
+            f"{method!r} produced {'NaN' if bad else 'Inf'} values in merged tensor {name!r}; nothing is "
+            "written (check the method's hyperparameters and the inputs' magnitudes)"
+        )
+
+
+class MergeStream:
+    """A validated merge whose statistics are gathered: iterate it for `(name, merged tensor)`.
+
+    Built by `merge_stream`. `info` is complete before the first tensor is merged. Iterating a second
+    time merges again (the statistics are reused).
+
+    Attributes:
+        names: every base tensor name, in the order they are yielded.
+        info: method, hyper-parameters, statistics and routing counts (JSON-friendly).
+    """
+
+    def __init__(self, base, source, method, routes, task_vectors, stats, progress, threads, prefetch) -> None:
+        self.base, self.source, self.method, self.routes = base, source, method, routes
+        self.task_vectors, self.stats = task_vectors, stats
+        self.progress, self.threads, self.prefetch = progress, threads, prefetch
+        self.names = list(base)
+        kinds = [r.kind for r in routes.values()]
+        self.info = {
+            "method": method.name,
+            "class_path": f"{type(method).__module__}.{type(method).__qualname__}",
+            "hparams": _jsonable(method.hparams()),
+            "num_experts": len(source),
+            "statistics": _jsonable(stats),
+            "routing": {k: kinds.count(k) for k in ("neuron", "point", "skip")},
+            "merged_numel": task_vectors.numel,
+        }
+
+    def _read(self, name: str) -> tuple[Tensor, Tensor | None]:
+        """The base tensor and, for merged tensors, its stacked task vectors."""
+        tensor = self.base[name]
+        if self.routes[name].kind == "skip":
+            return tensor, None
+        return tensor, self.task_vectors.stack(name, base=tensor)
+
+    def _stack_bytes(self, name: str) -> int:
+        shape, dtype = tensor_meta(self.base, name)
+        if self.routes[name].kind == "skip":
+            return 0
+        return len(self.source) * math.prod(shape) * compute_dtype(dtype).itemsize
+
+    def _merge_one(self, name: str, tensor: Tensor, stack: Tensor | None) -> Tensor:
+        if stack is None:
+            return tensor.detach().clone()
+        dtype = compute_dtype(tensor.dtype)
+        theta0 = tensor.detach().to(device="cpu", dtype=dtype)
+        delta = self.method.merge_tensor(name, theta0, stack, self.routes[name], self.stats)
+        del stack  # the method may keep no reference: free T x tensor before the sum is allocated
+        if delta.shape != tensor.shape:
+            raise MergeInputError(
+                f"{type(self.method).__name__} returned shape {tuple(delta.shape)} for tensor {name!r} "
+                f"of shape {tuple(tensor.shape)}"
+            )
+        merged = (theta0 + delta.to(dtype)).to(device=tensor.device, dtype=tensor.dtype)
+        del theta0, delta
+        _check_merged_finite(merged, name, self.method)
+        return merged
+
+    def __iter__(self) -> Iterator[tuple[str, Tensor]]:
+        with torch.no_grad(), ThreadPoolExecutor(max_workers=1, thread_name_prefix="merge-prefetch") as pool:
+            pending: Future | None = None
+            for index, name in enumerate(self.names):
+                if pending is not None:
+                    tensor, stack = pending.result()
+                else:
+                    with _intra_op_threads(self.threads):
+                        tensor, stack = self._read(name)
+                pending = None
+                following = self.names[index + 1] if index + 1 < len(self.names) else None
+                if self.prefetch and following is not None and self._stack_bytes(following) <= PREFETCH_BYTES:
+                    # Read (and subtract) the next tensor while this one is merged: I/O and the
+                    # task-vector arithmetic overlap the method's maths.
+                    pending = pool.submit(self._read, following)
+                with _intra_op_threads(self.threads):
+                    merged = self._merge_one(name, tensor, stack)
+                del tensor, stack
+                yield name, merged
+                del merged
+                _tick(self.progress, name)
+
+
+def merge_stream(
+    base: Mapping[str, Tensor],
+    experts: Sequence[Mapping[str, Tensor]] | ExpertSource,
+    method: MergeMethod,
+    routing: Mapping[str, Route | str] | None = None,
+    exclude: Sequence[str] | None = None,
+    progress: Progress | None = None,
+    threads: int | None = None,
+    prefetch: bool = True,
+) -> MergeStream:
+    """Validate the inputs and gather the method's statistics; the returned stream then yields the
+    merged tensors one at a time (`(name, tensor)` in base order), so they can be written as they
+    come without ever holding the merged model.
+
+    Args:
+        base: the pre-trained weights `theta_0` (a dict, or a lazy mapping such as `SafetensorsFile`).
+        experts: the fine-tuned weights of each expert (mappings), or an `ExpertSource`.
+        method: the merge method (e.g. `NeuroMerging(mask_rate=0.8)`).
+        routing: name -> route; see `resolve_routing`.
+        exclude: exact names or glob patterns of tensors copied from the base instead of merged.
+        progress: called once per tensor of the base after it is yielded: a callable taking the
+            name, or an object with `update(n)` such as `tqdm(total=len(base))`.
+        threads: torch intra-op threads for the maths (None: torch's current setting).
+        prefetch: read the next tensor's task vectors in a background thread while the current
+            one is merged (only when they fit in `PREFETCH_BYTES`).
+
+    Raises:
+        MergeInputError: inputs that cannot be merged (before any statistics), and, while
+            iterating, a merged tensor with NaN/Inf values (before it is yielded).
+    """
+    if not isinstance(method, MergeMethod):
+        raise TypeError(f"method must be a MergeMethod, got {type(method).__name__}")
+    with torch.no_grad(), _intra_op_threads(threads):
+        source = experts if isinstance(experts, ExpertSource) else DictExperts(list(experts))
+        routes = resolve_routing(base, routing, exclude)
+        validate_inputs(base, source, routes, exclude)
+        task_vectors = TaskVectors(base, source, routes)
+        stats = method.prepare(task_vectors)
+    return MergeStream(base, source, method, routes, task_vectors, stats, progress, threads, prefetch)
+
+
 def merge(
     base: Mapping[str, Tensor],
     experts: Sequence[Mapping[str, Tensor]] | ExpertSource,
@@ -98,6 +255,7 @@ def merge(
     routing: Mapping[str, Route | str] | None = None,
     exclude: Sequence[str] | None = None,
     progress: Progress | None = None,
+    threads: int | None = None,
 ) -> MergeResult:
     """Merge experts into the base with `method`; returns the weights and a JSON-friendly info.
 
@@ -109,48 +267,10 @@ def merge(
         exclude: exact names or glob patterns of tensors copied from the base instead of merged.
         progress: called once per tensor of the base after it is done: a callable taking the name,
             or an object with `update(n)` such as `tqdm(total=len(base))`.
+        threads: torch intra-op threads for the maths (None: torch's current setting).
     """
-    if not isinstance(method, MergeMethod):
-        raise TypeError(f"method must be a MergeMethod, got {type(method).__name__}")
-    with torch.no_grad():
-        return _merge(base, experts, method, routing, exclude, progress)
-
-
-def _merge(base, experts, method, routing, exclude, progress) -> MergeResult:
-    source = experts if isinstance(experts, ExpertSource) else DictExperts(list(experts))
-    routes = resolve_routing(base, routing, exclude)
-    validate_inputs(base, source, routes, exclude)
-    task_vectors = TaskVectors(base, source, routes)
-    stats = method.prepare(task_vectors)
-
-    merged: dict[str, Tensor] = {}
-    for name in base:
-        tensor, route = base[name], routes[name]
-        if route.kind == "skip":
-            merged[name] = tensor.detach().clone()
-        else:
-            dtype = compute_dtype(tensor.dtype)
-            theta0 = tensor.detach().to(device="cpu", dtype=dtype)
-            delta = method.merge_tensor(name, theta0, task_vectors.stack(name, base=tensor), route, stats)
-            if delta.shape != tensor.shape:
-                raise MergeInputError(
-                    f"{type(method).__name__} returned shape {tuple(delta.shape)} for tensor {name!r} "
-                    f"of shape {tuple(tensor.shape)}"
-                )
-            merged[name] = (theta0 + delta.to(dtype)).to(device=tensor.device, dtype=tensor.dtype)
-        _tick(progress, name)
-
-    kinds = [r.kind for r in routes.values()]
-    info = {
-        "method": method.name,
-        "class_path": f"{type(method).__module__}.{type(method).__qualname__}",
-        "hparams": _jsonable(method.hparams()),
-        "num_experts": len(source),
-        "statistics": _jsonable(stats),
-        "routing": {k: kinds.count(k) for k in ("neuron", "point", "skip")},
-        "merged_numel": task_vectors.numel,
-    }
-    return MergeResult(merged, info)
+    stream = merge_stream(base, experts, method, routing, exclude, progress, threads, prefetch=False)
+    return MergeResult(dict(stream), stream.info)
 
 
 def merge_state_dicts(
@@ -160,6 +280,7 @@ def merge_state_dicts(
     routing: Mapping[str, Route | str] | None = None,
     exclude: Sequence[str] | None = None,
     progress: Progress | None = None,
+    threads: int | None = None,
 ) -> dict[str, Tensor]:
     """The merged weights `theta` (same keys, shapes and dtypes as `base`); see `merge` for the info.
 
@@ -170,5 +291,6 @@ def merge_state_dicts(
         routing: name -> route; missing names follow the shape rule.
         exclude: exact names or glob patterns of tensors copied from the base.
         progress: per-tensor hook (callable taking the name, or tqdm-like `update`).
+        threads: torch intra-op threads for the maths (None: torch's current setting).
     """
-    return merge(base, experts, method, routing=routing, exclude=exclude, progress=progress).state_dict
+    return merge(base, experts, method, routing, exclude, progress, threads).state_dict
