@@ -10,6 +10,8 @@ from neuroflow.merging.averaging import WeightAveraging
 from neuroflow.merging.base import MergeMethod
 from neuroflow.merging.dare import DARE
 from neuroflow.merging.engine import MergeResult, merge, merge_state_dicts, resolve_routing
+from neuroflow.merging.fisher import FisherMerging
+from neuroflow.merging.iso import IsoC, IsoCTS
 from neuroflow.merging.neuromerging import NeuroMerging, neuron_merge
 from neuroflow.merging.routing import (
     NEURON_COLUMNS,
@@ -20,11 +22,13 @@ from neuroflow.merging.routing import (
     routing_from_module,
     routing_from_state_dict,
 )
+from neuroflow.merging.regmean import RegMean
 from neuroflow.merging.select import TrimStatistics, streamed_trim_statistics
 from neuroflow.merging.sources import DictExperts, ExpertSource, SafetensorsExperts, SafetensorsFile
 from neuroflow.merging.task_arithmetic import TaskArithmetic
 from neuroflow.merging.task_vectors import TaskVectors
 from neuroflow.merging.ties import TIES
+from neuroflow.merging.tsv import TSVMerge
 from neuroflow.merging.validation import MergeInputError
 
 __all__ = [
@@ -36,13 +40,18 @@ __all__ = [
     "TIES",
     "DictExperts",
     "ExpertSource",
+    "FisherMerging",
+    "IsoC",
+    "IsoCTS",
     "MergeInputError",
     "MergeMethod",
     "MergeResult",
     "NeuroMerging",
+    "RegMean",
     "Route",
     "SafetensorsExperts",
     "SafetensorsFile",
+    "TSVMerge",
     "TaskArithmetic",
     "TaskVectors",
     "TrimStatistics",

@@ -30,6 +30,13 @@ class MergeMethod(ABC):
     #: Constructor arguments that only scale the update (`delta` is linear in each of them, the
     #: others fixed). A validation search over them reuses `basis()` merges instead of re-merging.
     linear_hparams: ClassVar[tuple[str, ...]] = ()
+    #: The method reads statistics of the experts' training data (Gram matrices, Fishers), not only
+    #: their weights: reports label its results "uses training data", since that is a different
+    #: (stronger) setting than data-free merging.
+    uses_data: ClassVar[bool] = False
+    #: The kind of per-expert statistics it reads through `ExpertSource.statistics(i, kind)`
+    #: ("regmean", "fisher"), or None.
+    statistics_kind: ClassVar[str | None] = None
 
     def hparams(self) -> dict[str, Any]:
         """The constructor arguments, as recorded in merge cards."""

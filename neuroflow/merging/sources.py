@@ -104,6 +104,18 @@ class ExpertSource(ABC):
         """How errors name expert `i`."""
         return f"expert {i}"
 
+    def statistics(self, i: int, kind: str) -> Mapping[str, Tensor] | None:
+        """Statistics of expert `i`'s training data that data-aware merges read, keyed by tensor
+        name (kind "regmean": the Gram matrix `X^T X` of a linear weight's inputs, shape
+        `(fan_in, fan_in)`; kind "fisher": the diagonal Fisher, the tensor's shape); None when this
+        source has none of that kind. The mapping may be lazy (read one tensor at a time).
+
+        Args:
+            i: expert index.
+            kind: the statistic (`MergeMethod.statistics_kind`).
+        """
+        return None
+
     def task_vector(self, i: int, name: str, base: Tensor, dtype: torch.dtype, out: Tensor | None = None) -> Tensor:
         """`theta_i - theta_0` for tensor `name`, computed in `dtype`.
 
@@ -163,6 +175,8 @@ class DictExperts(ExpertSource):
         experts: one mapping per expert.
         task_vectors: the mappings hold task vectors instead of fine-tuned weights.
         names: how errors name each expert (e.g. its task or file); default "expert <i>".
+        statistics: per expert, kind -> {tensor name: statistic} (see `ExpertSource.statistics`),
+            for data-aware merges of in-memory experts.
     """
 
     def __init__(
@@ -170,12 +184,16 @@ class DictExperts(ExpertSource):
         experts: Sequence[Mapping[str, Tensor]],
         task_vectors: bool = False,
         names: Sequence[str] | None = None,
+        statistics: Sequence[Mapping[str, Mapping[str, Tensor]]] | None = None,
     ) -> None:
         self.experts = list(experts)
         self.task_vectors = task_vectors
         if names is not None and len(names) != len(self.experts):
             raise ValueError(f"got {len(names)} expert names for {len(self.experts)} experts")
         self.names = list(names) if names is not None else None
+        if statistics is not None and len(statistics) != len(self.experts):
+            raise ValueError(f"got statistics for {len(statistics)} experts, expected {len(self.experts)}")
+        self._statistics = list(statistics) if statistics is not None else None
 
     def __len__(self) -> int:
         return len(self.experts)
@@ -194,6 +212,9 @@ class DictExperts(ExpertSource):
 
     def describe(self, i: int) -> str:
         return f"expert {i}" + (f" ({self.names[i]})" if self.names else "")
+
+    def statistics(self, i: int, kind: str) -> Mapping[str, Tensor] | None:
+        return None if self._statistics is None else self._statistics[i].get(kind)
 
 
 class SafetensorsExperts(DictExperts):
