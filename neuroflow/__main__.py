@@ -1,4 +1,4 @@
-from neuroflow.cli import main
+from neuroflow.commands.entry import main
 
 if __name__ == "__main__":
     main()

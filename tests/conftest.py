@@ -73,7 +73,7 @@ def make_datamodule(shared_data_dir: str, data_cache_dir: str):
 @pytest.fixture
 def make_trainer(tmp_path: Path):
     """A quiet CPU `NeuroTrainer` writing under the test's tmp dir."""
-    from neuroflow.trainer import NeuroTrainer
+    from neuroflow.commands.trainer import NeuroTrainer
 
     def make(**kwargs):
         settings = dict(accelerator="cpu", devices=1, max_epochs=3, logger=False, enable_progress_bar=False,

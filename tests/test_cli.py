@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from neuroflow.cli import main
+from neuroflow.commands.cli import main
 
 
 def fit_config(tmp_path: Path, backbone: str, data_dir: str, cache_dir: str, **data_overrides) -> dict:

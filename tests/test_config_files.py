@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from neuroflow.cli import main
+from neuroflow.commands.entry import main
 
 ROOT = Path(__file__).resolve().parents[1]
 YAMLS = sorted([*ROOT.glob("configs/**/*.yaml"), *ROOT.glob("recipes/**/*.yaml")])

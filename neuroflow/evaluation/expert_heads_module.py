@@ -20,9 +20,9 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
 from neuroflow.data.task_spec import TaskSpec
-from neuroflow.evaluation.expert_set import ExpertSet
+from neuroflow.experts.expert_set import ExpertSet
 from neuroflow.evaluation.report import build_report, metrics_from_logged, write_report
-from neuroflow.experts import load_expert_head
+from neuroflow.experts.artifacts import load_expert_head
 from neuroflow.models.multitask_module import MultiTaskModule, as_task_specs
 
 Reference = tuple[dict[str, dict[str, float]], dict[str, str]]
@@ -147,7 +147,7 @@ class ExpertHeadsModule(StageReports, MultiTaskModule):
         self.report_dir = report_dir
         self.base_fingerprint = expert_set.check_base(self.backbone_state_dict())
         for task in self.task_names:
-            head = load_expert_head(expert_set.roots[task], expert_set.entries[task], task)
+            head = load_expert_head(expert_set[task].root, expert_set[task], task)
             if head is not None:
                 self.heads[task] = head
         self._base_state: dict[str, Tensor] | None = None

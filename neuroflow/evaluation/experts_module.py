@@ -11,7 +11,7 @@ from typing import Any
 
 from neuroflow.data.task_spec import TaskSpec
 from neuroflow.evaluation.expert_heads_module import ExpertHeadsModule
-from neuroflow.evaluation.manifest_experts import ManifestExperts
+from neuroflow.experts.source import ManifestExperts
 
 
 class ExpertsModule(ExpertHeadsModule):

@@ -1,26 +1,22 @@
-"""`MergeModule`: the experts' shared backbone merged with a `neuroflow.merging` method, each task
-scored through the merged backbone and its own expert's head.
+"""`MergeModule`: scores the experts' merged backbone, each task through its own expert's head.
 
-The merge happens on first use (`merge()`, or `setup` before validate/test), on every process
-(deterministic, so all DDP ranks hold the same weights). The experts are read lazily tensor by
-tensor from their safetensors files (LoRA adapters are turned into dense task vectors, scale
-alpha / r, once), so re-merging for another candidate of a validation search reads no more than
-one tensor of each expert at a time, and the pre-trained weights are copied only once.
+The module evaluates; it does not merge. It holds a `neuroflow.experts.merger.Merger` (experts +
+base + routing) and loads the `MergedWeights` it returns (`use`): the merge happens on first use
+(`merge()`, or `setup` before validate/test), on every process (deterministic, so all DDP ranks hold
+the same weights). The experts are read lazily tensor by tensor (LoRA adapters are turned into
+dense task vectors once), so re-merging for another candidate of a validation search reads no
+more than one tensor of each expert at a time.
 """
 
 from __future__ import annotations
 
-import time
 from typing import Any
-
-from torch import Tensor
 
 from neuroflow.data.task_spec import TaskSpec
 from neuroflow.evaluation.expert_heads_module import ExpertHeadsModule
-from neuroflow.evaluation.manifest_experts import ManifestExperts
-from neuroflow.merging.search import check_search_keys, expand_grid
+from neuroflow.experts.merger import MergedWeights, Merger
 from neuroflow.merging import MergeMethod, NeuroMerging, routing_from_module
-from neuroflow.merging import merge as merge_experts
+from neuroflow.merging.search import check_search_keys, expand_grid
 
 
 class MergeModule(ExpertHeadsModule):
@@ -76,30 +72,20 @@ class MergeModule(ExpertHeadsModule):
         self.fast_search = fast_search
         # Checkpoints and loggers get plain data, not the method object.
         self.hparams["method"] = {"class_path": _class_path(method), "init_args": method.hparams()}
-        self._source: ManifestExperts | None = None
-        self._merged_with: MergeMethod | None = None
+        self._merger: Merger | None = None
+        self.merged: MergedWeights | None = None
         self.merge_info: dict[str, Any] = {}
 
-    def experts_source(self) -> ManifestExperts:
-        """The experts as a lazily read task-vector source (built once, reused by every merge)."""
-        if self._source is None:
-            self._source = ManifestExperts(self.expert_set, self.base_state())
-        return self._source
-
-    def run_engine(self, method: MergeMethod, progress: Any = None) -> tuple[dict[str, Tensor], dict[str, Any]]:
-        """Merge the experts with `method` without touching the module: (merged weights, engine info)."""
-        result = merge_experts(
-            self.base_state(),
-            self.experts_source(),
-            method,
-            routing=routing_from_module(self.hf_model),
-            exclude=self.exclude,
-            progress=progress,
-        )
-        return result.state_dict, result.info
+    @property
+    def merger(self) -> Merger:
+        """The merge step for these experts (built on first use: it copies the base weights)."""
+        if self._merger is None:
+            self._merger = Merger(self.expert_set, self.base_state(), routing=routing_from_module(self.hf_model),
+                                  exclude=self.exclude)
+        return self._merger
 
     def merge(self, method: MergeMethod | None = None, progress: Any = None) -> dict[str, Any]:
-        """Merge the experts with `method` (default `self.method`) into the module's backbone.
+        """Merge the experts with `method` (default `self.method`) and evaluate with the result.
 
         Args:
             method: the method to merge with; it becomes `self.method`.
@@ -108,24 +94,21 @@ class MergeModule(ExpertHeadsModule):
         Returns:
             the engine's info (method, hyperparameters, statistics, routing counts) plus `seconds`.
         """
-        method = method if method is not None else self.method
-        start = time.perf_counter()
-        weights, info = self.run_engine(method, progress)
-        self.use_weights(weights, method, {**info, "seconds": round(time.perf_counter() - start, 3)})
+        self.use(self.merger.merge(method if method is not None else self.method, progress))
         return self.merge_info
 
-    def use_weights(self, weights: dict[str, Tensor], method: MergeMethod, info: dict[str, Any]) -> None:
-        """Load merged `weights` (made with `method`) into the backbone and record them as the merge."""
-        self.load_backbone_state_dict(weights)
-        self.method = method
-        self._merged_with = method
-        self.merge_info = info
-        self.hparams["method"] = {"class_path": _class_path(method), "init_args": method.hparams()}
+    def use(self, merged: MergedWeights) -> None:
+        """Evaluate with `merged` from now on (its weights go into the backbone)."""
+        self.load_backbone_state_dict(merged.state_dict)
+        self.method = merged.method
+        self.merged = merged
+        self.merge_info = merged.info
+        self.hparams["method"] = merged.method_config()
 
     @property
     def is_merged(self) -> bool:
         """Whether the backbone holds a merge with the current `self.method`."""
-        return self._merged_with is not None and self._merged_with is self.method
+        return self.merged is not None and self.merged.method is self.method
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
@@ -139,6 +122,7 @@ class MergeModule(ExpertHeadsModule):
         return {
             **super().report_model_info(),
             "method": {"class_path": _class_path(self.method), "init_args": self.method.hparams()},
+            "uses_data": bool(getattr(self.method, "uses_data", False)),
             "merge_info": self.merge_info,
         }
 

@@ -21,7 +21,9 @@ from safetensors.torch import save_file
 
 from neuroflow.data.task_spec import TaskSpec
 from neuroflow.evaluation.expert_heads_module import Reference, StageReports, fill_module_hparams, task_names_of
-from neuroflow.experts import fingerprint_state_dict, load_expert_head
+from neuroflow.experts.artifacts import load_head
+from neuroflow.experts.expert import head_ref
+from neuroflow.experts.fingerprint import fingerprint_state_dict
 from neuroflow.hub import resolve_model_path
 from neuroflow.models.multitask_module import MultiTaskModule, as_task_specs
 
@@ -138,12 +140,11 @@ class MergedModel(StageReports, MultiTaskModule):
                 f"{merged_dir}/{BACKBONE}: weights fingerprint {fingerprint} differs from the merge card's "
                 f"{card['merged_fingerprint']} (modified or partially copied?)"
             )
-        pseudo_entry = {"name": f"merged model {merged_dir}", "heads": card["heads"],
-                        "task_specs": {t["name"]: t for t in card["tasks"]}}
+        root = Path(merged_dir)
         for task in self.task_names:
-            head = load_expert_head(merged_dir, pseudo_entry, task)
-            if head is not None:
-                self.heads[task] = head
+            if task in card["heads"]:
+                ref = head_ref(root, root, card["heads"][task], f"{root / CARD}", f"heads.{task}")
+                self.heads[task] = load_head(ref, task, f"merged model {merged_dir}")
         self.eval()
 
     def report_name(self) -> str:
@@ -164,7 +165,7 @@ class MergedModel(StageReports, MultiTaskModule):
                 return found, {t: report["tasks"][t].get("expert_source") or "report" for t in found}
         source = self.card.get("experts_source")
         if source:
-            from neuroflow.evaluation.expert_set import ExpertSet
+            from neuroflow.experts.expert_set import ExpertSet
 
             try:
                 recorded = ExpertSet(source, self.task_names).recorded_metrics(stage)

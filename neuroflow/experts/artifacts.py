@@ -25,7 +25,8 @@ import neuroflow
 from neuroflow.atomic import atomic_write_json, replace_dir
 from neuroflow.experts.fingerprint import fingerprint_state_dict
 from neuroflow.experts.lora_delta import lora_adapter_deltas
-from neuroflow.experts.manifest import ENTRY, rebuild_manifest
+from neuroflow.experts.expert import ENTRY, Expert, HeadRef, Weights
+from neuroflow.experts.manifest import rebuild_manifest
 from neuroflow.models.heads import ClassificationHead
 
 if TYPE_CHECKING:
@@ -112,34 +113,36 @@ def save_expert(
             _save_safetensors(tv, tmp / "task_vector.safetensors")
 
         heads = {f"{task}.{k}": v for task, head in module.heads.items() for k, v in head.state_dict().items()}
-        head_configs = {task: head.config() for task, head in module.heads.items()}
-        entry: dict[str, Any] = {
-            "name": name,
-            "task": module.task_names[0] if len(module.task_names) == 1 else name,
-            "tasks": module.task_names,
-            "task_spec": module.task_specs[module.task_names[0]].to_dict(),
-            "task_specs": {t: s.to_dict() for t, s in module.task_specs.items()},
-            "base_model": module.hparams.backbone,
-            "base_fingerprint": base_fingerprint,
-            "family": module.family,
-            "mode": "lora" if lora else "full",
-            "lora": module.hparams.get("lora"),
-            "backbone": {"format": fmt, "path": rel},
-            "head": None,
-            "heads": {},
-            "metrics": metrics or {},
-            "monitor": monitor,
-            "checkpoint": checkpoint,
-            "config": config or {},
-            "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "neuroflow_version": neuroflow.__version__,
-        }
+        folder = experts_dir / name
+        head_refs = {}
         if heads:
             _save_safetensors(heads, tmp / "head.safetensors")
-            entry["heads"] = {t: {"path": f"{name}/head.safetensors", "prefix": f"{t}.", "config": c}
-                              for t, c in head_configs.items()}
-            if len(module.task_names) == 1:
-                entry["head"] = entry["heads"][module.task_names[0]]
+            rel_head = f"{name}/head.safetensors"
+            head_refs = {task: HeadRef(experts_dir / rel_head, f"{task}.", head.config(), rel_head)
+                         for task, head in module.heads.items()}
+        expert = Expert(
+            name=name,
+            tasks=list(module.task_names),
+            task_specs={t: s.to_dict() for t, s in module.task_specs.items()},
+            base_model=module.hparams.backbone,
+            base_fingerprint=base_fingerprint,
+            family=module.family,
+            mode="lora" if lora else "full",
+            weights=Weights(fmt, experts_dir / rel, rel),
+            heads=head_refs,
+            root=experts_dir,
+            folder=folder,
+            lora=module.hparams.get("lora"),
+            metrics=dict(metrics or {}),
+            extra={
+                "monitor": monitor,
+                "checkpoint": checkpoint,
+                "config": config or {},
+                "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                "neuroflow_version": neuroflow.__version__,
+            },
+        )
+        entry = expert.to_entry()
         atomic_write_json(tmp / ENTRY, entry)
         replace_dir(tmp, experts_dir / name)
     finally:
@@ -148,39 +151,52 @@ def save_expert(
     return entry
 
 
+def as_expert(experts_dir: str | os.PathLike, entry: Expert | dict[str, Any]) -> Expert:
+    """`entry` as an `Expert` (entry dicts are parsed by `Expert.from_entry`, the one parser)."""
+    return entry if isinstance(entry, Expert) else Expert.from_entry(entry, Path(experts_dir))
+
+
+def load_head(ref: HeadRef, task: str, owner: str) -> ClassificationHead:
+    """The head stored at `ref` for `task`.
+
+    Raises:
+        FileNotFoundError / ValueError: a missing file or weights that do not fit (names `owner`).
+    """
+    if not ref.path.is_file():
+        raise FileNotFoundError(f"{owner}: head file {ref.path} is missing")
+    tensors = load_file(str(ref.path))
+    state = {k[len(ref.prefix):]: v for k, v in tensors.items() if k.startswith(ref.prefix)}
+    head = ClassificationHead(**ref.config)
+    try:
+        head.load_state_dict(state)
+    except RuntimeError as err:
+        raise ValueError(f"{ref.path}: head weights of task {task!r} do not fit its config: {err}") from err
+    return head
+
+
 def load_expert_head(
-    experts_dir: str | os.PathLike, entry: dict[str, Any], task: str | None = None
+    experts_dir: str | os.PathLike, entry: Expert | dict[str, Any], task: str | None = None
 ) -> ClassificationHead | None:
-    """The trained head of `task` (default: the expert's task); None for text2text tasks.
+    """The trained head of `task` (default: the expert's task); None for tasks without a head
+    (text2text and causal LM tasks use the shared LM head).
 
     Raises:
         ValueError: the expert has no head for a classification task (names the expert and file).
     """
-    task = task or entry["task"]
-    spec = (entry.get("task_specs") or {}).get(task) or entry.get("task_spec") or {}
-    head_info = (entry.get("heads") or {}).get(task)
-    if head_info is None:
-        if spec.get("kind") == "text2text":
+    expert = as_expert(experts_dir, entry)
+    task = task or expert.task
+    ref = expert.heads.get(task)
+    if ref is None:
+        if expert.task_kind(task) not in ("text_classification", "image_classification"):
             return None
-        raise ValueError(f"expert {entry['name']!r} in {experts_dir} has no head for task {task!r}; "
-                         f"heads: {sorted(entry.get('heads') or {})}")
-    path = Path(experts_dir) / head_info["path"]
-    if not path.is_file():
-        raise FileNotFoundError(f"expert {entry['name']!r}: head file {path} is missing")
-    tensors = load_file(str(path))
-    prefix = head_info.get("prefix", "")
-    state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-    head = ClassificationHead(**head_info["config"])
-    try:
-        head.load_state_dict(state)
-    except RuntimeError as err:
-        raise ValueError(f"{path}: head weights of task {task!r} do not fit its config: {err}") from err
-    return head
+        raise ValueError(f"expert {expert.name!r} in {experts_dir} has no head for task {task!r}; "
+                         f"heads: {sorted(expert.heads)}")
+    return load_head(ref, task, f"expert {expert.name!r}")
 
 
 def load_task_vector(
     experts_dir: str | os.PathLike,
-    entry: dict[str, Any],
+    entry: Expert | dict[str, Any],
     base_state_dict: dict[str, torch.Tensor],
     base_fingerprint: str | None = None,
 ) -> dict[str, torch.Tensor]:
@@ -199,15 +215,15 @@ def load_task_vector(
         ValueError: the base is not the one the expert was trained from, or the artifact's tensors
             do not match the base (names the expert, file and keys).
     """
-    name = entry["name"]
+    expert = as_expert(experts_dir, entry)
+    name = expert.name
     fingerprint = base_fingerprint or fingerprint_state_dict(base_state_dict)
-    if entry.get("base_fingerprint") and entry["base_fingerprint"] != fingerprint:
+    if expert.base_fingerprint and expert.base_fingerprint != fingerprint:
         raise ValueError(
-            f"expert {name!r} was fine-tuned from base {entry['base_model']!r} with fingerprint "
-            f"{entry['base_fingerprint']}, but the given base has {fingerprint}"
+            f"expert {name!r} was fine-tuned from base {expert.base_model!r} with fingerprint "
+            f"{expert.base_fingerprint}, but the given base has {fingerprint}"
         )
-    fmt, rel = entry["backbone"]["format"], entry["backbone"]["path"]
-    path = Path(experts_dir) / rel
+    fmt, path = expert.weights.format, expert.weights.path
     if not path.exists():
         raise FileNotFoundError(f"expert {name!r}: {path} is missing")
     floats = {k: v for k, v in base_state_dict.items() if v.is_floating_point()}

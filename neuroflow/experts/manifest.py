@@ -15,12 +15,11 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from neuroflow.atomic import atomic_write_json, atomic_write_text  # noqa: F401 (re-exported)
+from neuroflow.experts.expert import ENTRY, Expert, ExpertFormatError
 
 MANIFEST = "manifest.json"
-ENTRY = "expert.json"
 LOCK = ".manifest.lock"
 MANIFEST_VERSION = 1
-REQUIRED_KEYS = ("name", "task", "base_model", "base_fingerprint", "family", "mode", "backbone")
 
 
 @contextmanager
@@ -37,21 +36,17 @@ def manifest_lock(experts_dir: str | os.PathLike) -> Iterator[None]:
 
 
 def read_entry(path: str | os.PathLike) -> dict[str, Any]:
-    """Parse and check one `expert.json`.
+    """Parse and check one `expert.json` (through `Expert.from_entry`, the one parser); the raw dict.
 
     Raises:
-        ValueError: unreadable JSON or missing keys, naming the file.
+        ValueError: unreadable JSON or a malformed entry, naming the file and key.
     """
     path = Path(path)
     try:
         entry = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: cannot read the expert entry: {err}") from err
-    if not isinstance(entry, dict):
-        raise ValueError(f"{path}: an expert entry must be a JSON object")
-    missing = [k for k in REQUIRED_KEYS if k not in entry]
-    if missing:
-        raise ValueError(f"{path}: expert entry lacks {missing}")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ExpertFormatError(f"{path}: cannot read the expert entry: {err}") from err
+    Expert.from_entry(entry, path.parent.parent, where=str(path), folder=path.parent)
     return entry
 
 
@@ -96,6 +91,12 @@ def load_manifest(experts_dir: str | os.PathLike) -> list[dict[str, Any]]:
             raise ValueError(f"{manifest_path}: invalid JSON: {err}") from err
         return sorted(data.get("experts", []), key=lambda e: e["name"])
     raise FileNotFoundError(f"no experts in {experts_dir} (no */{ENTRY} and no {MANIFEST})")
+
+
+def load_experts(experts_dir: str | os.PathLike) -> list[Expert]:
+    """The experts of a directory as typed `Expert`s, sorted by name (see `load_manifest`)."""
+    root = Path(experts_dir)
+    return [Expert.from_entry(e, root, where=f"{root / e.get('name', '?') / ENTRY}") for e in load_manifest(root)]
 
 
 def find_expert(experts_dir: str | os.PathLike, name: str) -> dict[str, Any]:

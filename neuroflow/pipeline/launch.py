@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import yaml
@@ -38,12 +39,21 @@ class Launcher(Protocol):
     def __call__(self, stage: Stage, config_path: Path, log_path: Path) -> None: ...
 
 
-def run_inprocess(stage: Stage, config_path: Path, log_path: Path) -> None:
-    """Run the stage in this Python process through `neuroflow.cli.main` (no import cost)."""
-    from neuroflow.cli import main
+EntryPoint = Callable[[list[str]], Any]
 
+
+def run_inprocess(stage: Stage, config_path: Path, log_path: Path, entry_point: EntryPoint) -> None:
+    """Run the stage in this Python process through the CLI's entry point (no import cost).
+
+    Args:
+        stage: the stage to run.
+        config_path: its written config.
+        log_path: unused here (the output goes to this process's streams).
+        entry_point: `neuroflow.commands.cli.main`, handed in by the caller so that the pipeline
+            never imports the command line that imports it.
+    """
     try:
-        main(cli_args(stage, config_path))
+        entry_point(cli_args(stage, config_path))
     except SystemExit as err:  # jsonargparse exits on config errors
         if err.code not in (0, None):
             raise StageFailed(f"stage {stage.name}: `{' '.join(cli_args(stage, config_path))}` exited "
@@ -67,4 +77,13 @@ def run_subprocess(stage: Stage, config_path: Path, log_path: Path) -> None:
         raise StageFailed(f"stage {stage.name}: `{' '.join(cmd)}` exited with {code}; log: {log_path}")
 
 
-LAUNCHERS: dict[str, Any] = {"inprocess": run_inprocess, "subprocess": run_subprocess}
+def make_launcher(name: str, entry_point: EntryPoint | None) -> Launcher:
+    """The launcher called `name` (`inprocess` needs the CLI's entry point)."""
+    if name == "subprocess":
+        return run_subprocess
+    if name == "inprocess":
+        if entry_point is None:
+            raise ValueError("the inprocess launcher needs the CLI entry point (neuroflow.commands.cli.main); "
+                             "`neuroflow.commands.run.run_recipe` passes it, or use launcher='subprocess'")
+        return lambda stage, config_path, log_path: run_inprocess(stage, config_path, log_path, entry_point)
+    raise ValueError(f"unknown launcher {name!r}; choose inprocess or subprocess")

@@ -14,17 +14,38 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from neuroflow.callbacks import ExpertCollector
+from neuroflow.data import MultiTaskDataModule
+from neuroflow.evaluation import ExpertsModule, MergeModule, PretrainedModule
+from neuroflow.evaluation.report_callback import ReportCallback
+from neuroflow.models import MultiTaskModule
 from neuroflow.pipeline.recipe import Recipe, RecipeError, Training
 
-# The classes a stage config instantiates (all selected by class_path, as a user would).
-MODULE_CLASS = "neuroflow.models.MultiTaskModule"
-DATA_CLASS = "neuroflow.data.MultiTaskDataModule"
-COLLECTOR_CLASS = "neuroflow.callbacks.ExpertCollector"
-CHECKPOINT_CLASS = "lightning.pytorch.callbacks.ModelCheckpoint"
-MERGE_CLASS = "neuroflow.evaluation.MergeModule"
-PRETRAINED_CLASS = "neuroflow.evaluation.PretrainedModule"
-EXPERTS_CLASS = "neuroflow.evaluation.ExpertsModule"
-TEST_REPORT_CLASS = "neuroflow.pipeline.test_report.TestReport"
+
+def class_path(cls: type) -> str:
+    """The `class_path` a config names `cls` by: its public import path where it is re-exported
+    by its package (`neuroflow.evaluation.MergeModule`), else its module's."""
+    import importlib
+
+    module = cls.__module__
+    package = module.rsplit(".", 1)[0]
+    if package != module and getattr(importlib.import_module(package), cls.__name__, None) is cls:
+        module = package
+    return f"{module}.{cls.__qualname__}"
+
+
+# The classes a stage config instantiates (selected by class_path, as a user would). They are
+# referenced as classes, so a rename is a refactor that fails at import, not at run time.
+MODULE_CLASS = class_path(MultiTaskModule)
+DATA_CLASS = class_path(MultiTaskDataModule)
+COLLECTOR_CLASS = class_path(ExpertCollector)
+CHECKPOINT_CLASS = class_path(ModelCheckpoint)
+MERGE_CLASS = class_path(MergeModule)
+PRETRAINED_CLASS = class_path(PretrainedModule)
+EXPERTS_CLASS = class_path(ExpertsModule)
+REPORT_CALLBACK_CLASS = class_path(ReportCallback)
 MULTITASK_ROW = "multitask"
 REFERENCE_ROW = "individual"
 
@@ -248,7 +269,7 @@ class Planner:
         test_config = {
             "seed_everything": self.recipe.seed,
             "trainer": _deep_merge(self._eval_trainer(row), {"callbacks": [
-                {"class_path": TEST_REPORT_CLASS, "init_args": {"report_dir": str(self.eval_dir(row)), "name": row}},
+                {"class_path": REPORT_CALLBACK_CLASS, "init_args": {"report_dir": str(self.eval_dir(row)), "name": row}},
             ]}),
             "model": copy.deepcopy(fit_config["model"]),
             "data": self._data(tasks, self.recipe.evaluation.data),

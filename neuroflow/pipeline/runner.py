@@ -20,7 +20,7 @@ from typing import Any, Callable
 import yaml
 
 from neuroflow.atomic import atomic_write_json, atomic_write_text
-from neuroflow.pipeline.launch import LAUNCHERS, StageFailed, write_config
+from neuroflow.pipeline.launch import EntryPoint, StageFailed, make_launcher, write_config
 from neuroflow.pipeline.plan import (
     MULTITASK_ROW,
     REFERENCE_ROW,
@@ -77,6 +77,8 @@ class PipelineRunner:
         only: stage groups to run (`fit`, `multitask`, `baselines`, `merge`, `report`); all by default.
         launcher: `inprocess` or `subprocess` (default: the recipe's), or a callable for tests.
         echo: where progress lines and the final table go.
+        entry_point: the CLI's `main` for the `inprocess` launcher (`neuroflow.commands.run` passes
+            `neuroflow.commands.cli.main`).
     """
 
     def __init__(
@@ -86,6 +88,7 @@ class PipelineRunner:
         only: list[str] | None = None,
         launcher: str | Callable[..., None] | None = None,
         echo: Callable[[str], None] = print,
+        entry_point: EntryPoint | None = None,
     ) -> None:
         bad = [g for g in only or [] if g not in STAGE_GROUPS]
         if bad:
@@ -94,7 +97,7 @@ class PipelineRunner:
         self.force = force
         self.only = set(only or STAGE_GROUPS)
         name = launcher or recipe.launcher
-        self.launch = LAUNCHERS[name] if isinstance(name, str) else name
+        self.launch = make_launcher(name, entry_point) if isinstance(name, str) else name
         self.echo = echo
         self.planner: Planner = plan_recipe(recipe)
         self.out = Path(recipe.output_dir)
@@ -264,6 +267,10 @@ class PipelineRunner:
 
 
 def run_recipe(recipe: Recipe, force: bool = False, only: list[str] | None = None,
-               launcher: str | Callable[..., None] | None = None) -> dict[str, Any] | None:
-    """Run a recipe end to end (see `PipelineRunner`)."""
-    return PipelineRunner(recipe, force=force, only=only, launcher=launcher).run()
+               launcher: str | Callable[..., None] | None = None,
+               entry_point: EntryPoint | None = None) -> dict[str, Any] | None:
+    """Run a recipe end to end (see `PipelineRunner`); without `entry_point`, stages of the
+    `inprocess` launcher run as subprocesses (`python -m neuroflow ...`)."""
+    if entry_point is None and (launcher or recipe.launcher) == "inprocess":
+        launcher = "subprocess"
+    return PipelineRunner(recipe, force=force, only=only, launcher=launcher, entry_point=entry_point).run()

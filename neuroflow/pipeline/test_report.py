@@ -1,40 +1,8 @@
-"""`TestReport`: writes `report.{json,md,png}` after `python -m neuroflow test` of any MultiTaskModule.
+"""Deprecated location: the report callback lives in `neuroflow.evaluation.report_callback`."""
 
-The evaluation modules (merged models, experts, pre-trained backbone) write their own reports; this
-callback gives the same report to a plain `MultiTaskModule` restored from a checkpoint, e.g. the
-jointly trained multi-task model of a recipe, so that it joins the combined table.
-"""
+import warnings
 
-from __future__ import annotations
+from neuroflow.evaluation.report_callback import ReportCallback as TestReport  # noqa: F401
 
-from lightning.pytorch import Callback, LightningModule, Trainer
-
-from neuroflow.evaluation.report import build_report, metrics_from_logged, write_report
-
-
-class TestReport(Callback):
-    """After `trainer.test`, write the module's per-task test metrics as a report (rank 0 only).
-
-    Args:
-        report_dir: where `report.{json,md,png}` go.
-        name: the row name of the report (e.g. `multitask`).
-    """
-
-    def __init__(self, report_dir: str, name: str = "model") -> None:
-        self.report_dir = report_dir
-        self.name = name
-
-    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if not trainer.is_global_zero:
-            return
-        logged = getattr(pl_module, "last_metrics", {}).get("test") or dict(trainer.callback_metrics)
-        tasks = list(pl_module.task_names)
-        metrics = metrics_from_logged(logged, "test", tasks)
-        report = build_report(
-            self.name,
-            metrics,
-            primary={t: pl_module.task_specs[t].primary_metric for t in tasks},
-            model={"kind": self.name, "class": type(pl_module).__name__,
-                   "ckpt_path": str(trainer.ckpt_path) if trainer.ckpt_path else None},
-        )
-        write_report(report, self.report_dir)
+warnings.warn("neuroflow.pipeline.test_report moved to neuroflow.evaluation.report_callback", DeprecationWarning,
+              stacklevel=2)

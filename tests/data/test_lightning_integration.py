@@ -5,7 +5,7 @@ import torch
 from lightning.pytorch import LightningModule
 
 from neuroflow.data import MultiTaskDataModule
-from neuroflow.trainer import NeuroTrainer
+from neuroflow.commands.trainer import NeuroTrainer
 
 
 class Recorder(LightningModule):

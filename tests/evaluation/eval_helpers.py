@@ -11,7 +11,7 @@ from transformers import AutoModel
 from neuroflow.data.datamodule import MultiTaskDataModule
 from neuroflow.experts import load_manifest, load_task_vector
 from neuroflow.merging import routing_from_module
-from neuroflow.trainer import NeuroTrainer
+from neuroflow.commands.trainer import NeuroTrainer
 
 TASKS = ["trec", "sst2"]
 # Odd sizes, so an evaluation set split over 2 processes is uneven (padding would show).

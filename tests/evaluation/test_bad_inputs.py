@@ -10,9 +10,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-import neuroflow.evaluation.merge_command as merge_command
-from neuroflow.cli import main as cli_main
-from neuroflow.evaluation import ExpertInputError, ExpertSet, MergeModule
+import neuroflow.commands.merge as merge_command
+from neuroflow.commands.cli import main as cli_main
+from neuroflow.evaluation import MergeModule
+from neuroflow.experts import ExpertInputError, ExpertSet
 from neuroflow.merging import TIES
 from eval_helpers import make_datamodule, quiet_trainer
 

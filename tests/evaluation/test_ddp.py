@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from neuroflow.cli import main as cli_main
+from neuroflow.commands.cli import main as cli_main
 from neuroflow.data import resolve_task
 from neuroflow.data.samplers import ShardSampler
 from neuroflow.evaluation import MergeModule

@@ -27,7 +27,7 @@ def test_lora_and_full_experts_merge_together(direct, trained_experts, shared_da
 
     # Expert folders from two different experts directories, listed explicitly.
     model = MergeModule(experts=[str(lora_dir / "trec"), str(trained_experts / "sst2")], method=TIES())
-    source = model.experts_source()
+    source = model.merger.source
     dense = {}
     adapter = module.backbone.state_dict()
     for name in ("encoder.layer.0.attention.self.query.weight", "encoder.layer.1.attention.self.value.weight"):
@@ -57,7 +57,7 @@ def test_lora_and_full_experts_merge_together(direct, trained_experts, shared_da
 
 def test_manifest_experts_stream_from_disk(trained_experts, direct):
     model = MergeModule(experts=str(trained_experts), method=TIES())
-    source = model.experts_source()
+    source = model.merger.source
     assert isinstance(source, ManifestExperts) and len(source) == 2
     name = "encoder.layer.0.attention.self.query.weight"
     assert source.tasks == ["sst2", "trec"]  # manifest order (by name)

@@ -67,7 +67,7 @@ def test_manifest_alone_is_read_when_there_are_no_entry_files(tmp_path):
 def test_malformed_entries_name_their_file(tmp_path):
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "expert.json").write_text('{"name": "bad"}')
-    with pytest.raises(ValueError, match=r"bad/expert.json: expert entry lacks \['task'"):
+    with pytest.raises(ValueError, match=r"bad/expert.json: expert entry lacks \['base_model'"):
         load_manifest(tmp_path)
     (tmp_path / "bad" / "expert.json").write_text("{not json")
     with pytest.raises(ValueError, match="bad/expert.json: cannot read"):

@@ -10,6 +10,7 @@ import pytest
 from neuroflow.evaluation.report import load_report
 from neuroflow.pipeline import PipelineRunner, load_recipe
 from neuroflow.pipeline.launch import run_inprocess
+from neuroflow.commands.cli import main as cli_main
 from neuroflow.pipeline.table import render_rows_table
 
 RECIPE = """\
@@ -46,7 +47,7 @@ class Recorder:
 
     def __call__(self, stage, config_path, log_path) -> None:  # noqa: ANN001
         self.ran.append(stage.name)
-        run_inprocess(stage, config_path, log_path)
+        run_inprocess(stage, config_path, log_path, cli_main)
 
 
 def _created(out: Path) -> dict[str, str]:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from neuroflow.cli import main as cli_main
+from neuroflow.commands.cli import main as cli_main
 from neuroflow.pipeline import RecipeError, load_recipe, plan_recipe
 from neuroflow.pipeline.launch import cli_args, write_config
 

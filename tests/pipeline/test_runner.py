@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from neuroflow.pipeline import PipelineRunner, load_recipe
-from neuroflow.pipeline.command import main as run_main
+from neuroflow.commands.run import main as run_main
 from neuroflow.pipeline.launch import StageFailed
 
 RECIPE = """\

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from neuroflow.cli import main as cli_main
+from neuroflow.commands.cli import main as cli_main
 from neuroflow.pipeline import load_recipe, plan_recipe, render_slurm
-from neuroflow.pipeline.command import main as run_main
+from neuroflow.commands.run import main as run_main
 
 REPO = Path(__file__).resolve().parents[2]
 

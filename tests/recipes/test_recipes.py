@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from neuroflow.cli import main as cli_main
+from neuroflow.commands.cli import main as cli_main
 from neuroflow.evaluation.report import load_report
 from neuroflow.pipeline import PipelineRunner, load_recipe, plan_recipe
 from neuroflow.pipeline.launch import cli_args, write_config
@@ -152,7 +152,7 @@ def _run_tiny(recipe_path: Path, override: dict[str, Any], root: Path, backbone:
     out = root / "out"
     recipe = load_recipe(recipe_path, override_files=files, tasks=tasks,
                          overrides=[f"backbone={backbone}", f"output_dir={out}"])
-    combined = PipelineRunner(recipe, echo=lambda _: None).run()
+    combined = PipelineRunner(recipe, echo=lambda _: None, entry_point=cli_main).run()
     assert [r["name"] for r in combined["runs"]] == ["neuromerging", "ties_val"]
     assert set(combined["tasks"]) == set(tasks)
     return out

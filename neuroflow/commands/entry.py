@@ -1,0 +1,21 @@
+"""`python -m neuroflow <command>`: `run` goes to the recipe runner, the rest to LightningCLI."""
+
+from __future__ import annotations
+
+import sys
+
+from neuroflow.commands import cli, run
+
+
+def main(args: list[str] | None = None) -> None:
+    """Dispatch `python -m neuroflow` (also the `neuroflow` console script).
+
+    Args:
+        args: the command line after `python -m neuroflow`; None = `sys.argv[1:]`.
+    """
+    argv = list(args if args is not None else sys.argv[1:])
+    if argv and argv[0] == "run":
+        # Recipes are a layer above LightningCLI: one command that runs fit/merge/test configs.
+        run.main(argv[1:])
+        return
+    cli.main(args)

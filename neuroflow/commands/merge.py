@@ -1,0 +1,189 @@
+"""`python -m neuroflow merge`: (search ->) merge -> save -> test -> report, into one output directory.
+
+The steps are the experts' `Merger` (a `MergedWeights` per method), `MergeModule` (evaluation),
+`neuroflow.merging.search` (the grid) and `neuroflow.evaluation.report` (the one report writer).
+
+Everything is written into a temporary sibling directory that is renamed into place only when the
+whole command succeeded, so a failure never leaves a partial output directory (and a previous
+result at the same place survives until the new one is complete). Under DDP every process runs the
+same sequence (merging is deterministic), only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_info
+
+import neuroflow
+from neuroflow.atomic import replace_dir
+from neuroflow.evaluation.reference import REFERENCE_HELP, expert_reference
+from neuroflow.evaluation.merge_module import MergeModule
+from neuroflow.evaluation.merged_model import save_merged
+from neuroflow.experts.merger import MergedWeights
+from neuroflow.evaluation.report import (
+    load_report,
+    metrics_from_logged,
+    render_markdown,
+    write_report,
+)
+from neuroflow.merging import basis as basis_merge
+from neuroflow.merging.search import expand_grid, grid_search, with_params
+
+def default_output_dir(model: MergeModule) -> Path:
+    """`runs/merged/<method>` (`<method>_search` with a validation search)."""
+    return Path("runs") / "merged" / model.report_name()
+
+
+def _primary(model: MergeModule, metrics: dict[str, dict[str, float]]) -> dict[str, float]:
+    return {t: metrics[t][model.task_specs[t].primary_metric] for t in model.task_names}
+
+
+def run_search(trainer: Trainer, model: MergeModule, datamodule: LightningDataModule, reference: str) -> dict[str, Any]:
+    """Score every candidate of `model.search` on validation data; leaves the best as `model.method`.
+
+    Candidates are scored grouped by their non-linear hyperparameters, so that with
+    `model.fast_search` each group's basis merges are made once (see `basis_merge`); the record
+    and the tie-break follow the grid order.
+    """
+    base_method = model.method
+    candidates = expand_grid(model.search or {})
+    ref_metrics, ref_source = expert_reference(trainer, model, datamodule, "val", reference)
+    fast = model.fast_search and basis_merge.supports(base_method, model.search or {})
+    basis = basis_merge.BasisMerges(model.merger.merge_fn, model.base_state()) if fast else None
+    methods = [with_params(base_method, params) for params in candidates]
+    order = sorted(range(len(candidates)), key=lambda i: repr(basis_merge.BasisMerges.group_key(methods[i])))
+    scores: dict[int, dict[str, float]] = {}
+    for n, i in enumerate(order):
+        if basis is not None:
+            model.use(MergedWeights(basis.weights(methods[i]), methods[i], {"search_candidate": candidates[i]}))
+        else:
+            model.merge(methods[i])
+        trainer.validate(model, datamodule=datamodule, verbose=False)
+        scores[i] = _primary(model, metrics_from_logged(model.last_metrics["val"], "val", model.task_names))
+        rank_zero_info(f"search {n + 1}/{len(candidates)} {candidates[i]}: val {scores[i]}")
+    del basis
+
+    def score(params: dict[str, Any]) -> dict[str, float]:
+        return scores[candidates.index(params)]
+
+    result = grid_search(candidates, score, _primary(model, ref_metrics))
+    model.method = with_params(base_method, result.best["params"])
+    rank_zero_info(f"search: best {result.best['params']} (avg normalized val {result.best['score']:.4f})")
+    return {**result.as_dict(), "grid": model.search, "fast": fast, "reference": ref_metrics,
+            "reference_source": ref_source}
+
+
+# LightningCLI saves the run's config.yaml into trainer.default_root_dir, which configs point at
+# the output directory: it may already be there (alone) and is kept with the result.
+_CLI_CONFIG = "config.yaml"
+
+
+def _replaceable(path: Path) -> bool:
+    """An earlier merge result, or what a CLI run left before its merge finished."""
+    if not path.is_dir():
+        return False
+    return (path / "merge_card.json").is_file() or all(p.name == _CLI_CONFIG for p in path.iterdir())
+
+
+def _swap_into_place(tmp: Path, final: Path) -> None:
+    # The CLI writes its config.yaml into the final folder before the merge finishes; keep it.
+    if (final / _CLI_CONFIG).is_file() and not (tmp / _CLI_CONFIG).exists():
+        os.replace(final / _CLI_CONFIG, tmp / _CLI_CONFIG)
+    replace_dir(tmp, final)
+
+
+def _progress_bar(model: MergeModule, enabled: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=len(model.base_state()), desc=f"merging ({model.method.name})", unit="tensor", disable=not enabled)
+
+
+def run_merge(
+    trainer: Trainer,
+    model: LightningModule,
+    datamodule: LightningDataModule | None = None,
+    evaluate: bool = True,
+    output_dir: str | None = None,
+    reference: str = "manifest",
+) -> dict[str, Any]:
+    """The `merge` command; see `NeuroTrainer.merge` for the arguments. Returns the merge card
+    (with the report under `report` when evaluated)."""
+    if not isinstance(model, MergeModule):
+        raise TypeError(
+            f"`merge` needs a neuroflow.evaluation.MergeModule as the model, got {type(model).__name__} "
+            "(set `model: {class_path: neuroflow.evaluation.MergeModule, init_args: {experts: ..., method: ...}}`)"
+        )
+    if (evaluate or model.search) and datamodule is None:
+        raise ValueError("`merge` needs `data` to evaluate or to run a validation search (or pass --evaluate false)")
+    if reference not in ("manifest", "evaluate") and not Path(reference).exists():
+        raise FileNotFoundError(f"--reference {reference}: no such report (expected {REFERENCE_HELP})")
+    final = Path(output_dir) if output_dir else default_output_dir(model)
+    if final.exists() and not _replaceable(final):
+        # Only an earlier merge result is replaced; anything else at that path is the user's.
+        raise FileExistsError(f"--output_dir {final} exists and is not a merged model directory; choose another path")
+    is_zero = trainer.is_global_zero
+    tmp = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
+    if is_zero:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
+    timings: dict[str, float] = {}
+    try:
+        search_record = None
+        if model.search:
+            start = time.perf_counter()
+            search_record = run_search(trainer, model, datamodule, reference)
+            timings["search_s"] = round(time.perf_counter() - start, 3)
+        start = time.perf_counter()
+        bar = _progress_bar(model, is_zero)
+        info = model.merge(progress=bar)
+        bar.close()
+        timings["merge_s"] = round(time.perf_counter() - start, 3)
+        card = {
+            "name": model.report_name(),
+            "method": {"class_path": info["class_path"], "init_args": model.method.hparams()},
+            "merge_info": info,
+            "search": search_record,
+            "base_model": model.expert_set.base_model,
+            "base_fingerprint": model.base_fingerprint,
+            "experts_source": model.expert_set.source,
+            "experts": model.expert_set.describe(),
+            "exclude": model.exclude,
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "neuroflow_version": neuroflow.__version__,
+            "timings": timings,
+        }
+        if is_zero:
+            start = time.perf_counter()
+            card = save_merged(model, tmp, card)
+            timings["save_s"] = round(time.perf_counter() - start, 3)
+        report = None
+        if evaluate:
+            start = time.perf_counter()
+            trainer.test(model, datamodule=datamodule, verbose=False)
+            timings["test_s"] = round(time.perf_counter() - start, 3)
+            ref = expert_reference(trainer, model, datamodule, "test", reference)
+            extra = {"search": search_record} if search_record else None
+            report = model.build_stage_report("test", reference=ref, extra=extra)
+            report["timings"] = timings
+            if is_zero:
+                write_report(report, tmp)
+        if is_zero:
+            (tmp / "merge_card.json").write_text(json.dumps({**card, "timings": timings}, indent=2, default=str) + "\n")
+            _swap_into_place(tmp, final)
+            rank_zero_info(f"merged model written to {final}")
+            if report is not None:
+                print(render_markdown(report), end="")
+    except BaseException:
+        if is_zero:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return {**card, "timings": timings, "output_dir": str(final), "report": report}
