@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,97 @@ def _low_rank_delta(
     return delta.T if fan_in_fan_out else delta
 
 
+@dataclass(frozen=True)
+class LoraFactors:
+    """The LoRA factors of one adapted weight, ready to densify (`lora_weight_delta`).
+
+    Attributes:
+        weight_key: the plain backbone name of the adapted weight (`<module>.weight`).
+        a: factor A (float32), `lora_A` or `lora_embedding_A`.
+        b: factor B (float32).
+        scaling: `alpha / r` (`alpha / sqrt(r)` with rsLoRA).
+        embedding: the factors are `lora_embedding_*` (delta is `(B @ A)^T`).
+        fan_in_fan_out: the layer stores `in x out` (GPT-2 Conv1D).
+        magnitude: DoRA's learned magnitude vector, or None.
+    """
+
+    weight_key: str
+    a: torch.Tensor
+    b: torch.Tensor
+    scaling: float
+    embedding: bool
+    fan_in_fan_out: bool
+    magnitude: torch.Tensor | None = None
+
+    def delta_shape(self) -> tuple[int, ...]:
+        """The shape of the dense delta (for header-only checks), without computing it."""
+        if self.embedding:
+            return (self.a.shape[1], self.b.shape[0])
+        if self.a.dim() == 4:
+            return (self.b.shape[0], self.a.shape[1], *self.a.shape[2:])
+        out, fan_in = self.b.shape[0], self.a.shape[1]
+        return (fan_in, out) if self.fan_in_fan_out else (out, fan_in)
+
+
+def adapter_plan(
+    config: dict[str, Any], tensors: dict[str, torch.Tensor], where: str | Path = "adapter"
+) -> tuple[dict[str, torch.Tensor], dict[str, LoraFactors]]:
+    """What an adapter changes, by plain backbone name, without touching any base weight.
+
+    Args:
+        config: `adapter_config.json`.
+        tensors: the adapter's tensors (peft key names).
+        where: how errors name the adapter (its folder).
+
+    Returns:
+        `(whole, factors)`: tensors stored whole (trained biases, `modules_to_save`; their task
+        vector is `saved - base`), and the LoRA factors of each adapted weight.
+    """
+    fan_in_fan_out = bool(config.get("fan_in_fan_out", False))
+    use_rslora = bool(config.get("use_rslora", False))
+    parts_of: dict[str, dict[str, torch.Tensor]] = {}
+    whole: dict[str, torch.Tensor] = {}
+    for raw_key, tensor in tensors.items():
+        key = raw_key[len(PEFT_PREFIX):] if raw_key.startswith(PEFT_PREFIX) else raw_key
+        match = _FACTOR.match(key)
+        if match:
+            parts_of.setdefault(match["module"], {})[match["kind"]] = tensor.float()
+        else:
+            whole[key.replace(".base_layer.", ".")] = tensor
+    factors: dict[str, LoraFactors] = {}
+    for module, parts in parts_of.items():
+        embedding = "lora_embedding_A" in parts
+        a = parts.get("lora_embedding_A" if embedding else "lora_A")
+        b = parts.get("lora_embedding_B" if embedding else "lora_B")
+        if a is None or b is None:
+            raise ValueError(f"{where}: module {module!r} lacks a LoRA A or B factor")
+        rank = a.shape[0]
+        alpha = _alpha_for(module, config)
+        scaling = alpha / rank**0.5 if use_rslora else alpha / rank
+        factors[f"{module}.weight"] = LoraFactors(
+            f"{module}.weight", a, b, scaling, embedding, fan_in_fan_out, parts.get("lora_magnitude_vector")
+        )
+    return whole, factors
+
+
+def lora_weight_delta(factors: LoraFactors, base: torch.Tensor, where: str | Path = "adapter") -> torch.Tensor:
+    """The dense float32 task vector of one adapted weight (LoRA, rsLoRA or DoRA).
+
+    Args:
+        factors: from `adapter_plan`.
+        base: the pre-trained weight (any float dtype).
+        where: how errors name the adapter.
+    """
+    base = base.float()
+    delta = _low_rank_delta(factors.a, factors.b, base, factors.embedding, factors.fan_in_fan_out) * factors.scaling
+    if delta.shape != base.shape:
+        raise ValueError(f"{where}: LoRA delta of {factors.weight_key} has shape {tuple(delta.shape)}, "
+                         f"the weight has {tuple(base.shape)}")
+    if factors.magnitude is not None:
+        delta = _dora_delta(base, delta, factors.magnitude, factors.embedding, factors.fan_in_fan_out)
+    return delta
+
+
 def lora_adapter_deltas(
     adapter_dir: str | Path, base_state: dict[str, torch.Tensor]
 ) -> dict[str, torch.Tensor]:
@@ -77,9 +169,7 @@ def lora_adapter_deltas(
         ValueError: adapter tensors that map to no backbone weight, or shape mismatches, by name.
     """
     config, tensors = read_adapter(adapter_dir)
-    fan_in_fan_out = bool(config.get("fan_in_fan_out", False))
-    use_rslora = bool(config.get("use_rslora", False))
-    factors: dict[str, dict[str, torch.Tensor]] = {}
+    whole, factors = adapter_plan(config, tensors, adapter_dir)
     deltas: dict[str, torch.Tensor] = {}
 
     def base_of(key: str) -> torch.Tensor:
@@ -87,38 +177,14 @@ def lora_adapter_deltas(
             raise ValueError(f"{adapter_dir}: adapter tensor for {key!r} matches no backbone weight")
         return base_state[key]
 
-    for raw_key, tensor in tensors.items():
-        key = raw_key[len(PEFT_PREFIX):] if raw_key.startswith(PEFT_PREFIX) else raw_key
-        match = _FACTOR.match(key)
-        if match:
-            factors.setdefault(match["module"], {})[match["kind"]] = tensor.float()
-            continue
-        # A tensor stored whole: a trained bias or a `modules_to_save` copy.
-        plain = key.replace(".base_layer.", ".")
+    for plain, tensor in whole.items():
         base = base_of(plain)
         if base.shape != tensor.shape:
-            raise ValueError(f"{adapter_dir}: {raw_key} has shape {tuple(tensor.shape)}, base {plain} "
+            raise ValueError(f"{adapter_dir}: {plain} has shape {tuple(tensor.shape)}, base {plain} "
                              f"has {tuple(base.shape)}")
         deltas[plain] = tensor.float() - base.float()
-
-    for module, parts in factors.items():
-        embedding = "lora_embedding_A" in parts
-        a = parts.get("lora_embedding_A" if embedding else "lora_A")
-        b = parts.get("lora_embedding_B" if embedding else "lora_B")
-        if a is None or b is None:
-            raise ValueError(f"{adapter_dir}: module {module!r} lacks a LoRA A or B factor")
-        weight_key = f"{module}.weight"
-        base = base_of(weight_key).float()
-        rank = a.shape[0]
-        alpha = _alpha_for(module, config)
-        scaling = alpha / rank**0.5 if use_rslora else alpha / rank
-        delta = _low_rank_delta(a, b, base, embedding, fan_in_fan_out) * scaling
-        if delta.shape != base.shape:
-            raise ValueError(f"{adapter_dir}: LoRA delta of {weight_key} has shape {tuple(delta.shape)}, "
-                             f"the weight has {tuple(base.shape)}")
-        magnitude = parts.get("lora_magnitude_vector")
-        if magnitude is not None:
-            delta = _dora_delta(base, delta, magnitude, embedding, fan_in_fan_out)
+    for weight_key, parts in factors.items():
+        delta = lora_weight_delta(parts, base_of(weight_key), adapter_dir)
         deltas[weight_key] = deltas.get(weight_key, 0) + delta
     return deltas
 

@@ -1,0 +1,144 @@
+"""safetensors files read with plain file reads: the header once, then one tensor at a time.
+
+A safetensors file is an 8-byte little-endian header length N, N bytes of JSON (name -> dtype,
+shape, `data_offsets` relative to the end of the header; `__metadata__`), then the tensor bytes.
+Tensors are read with `readinto` into a fresh buffer instead of through a memory map: a mapped
+file's touched pages count in the process's RSS until it is unmapped, so merging T large
+checkpoints through `safe_open` makes RSS grow to the size of every input; a read buffer is freed
+with the tensor (the data stays in the kernel's page cache, which is not the process's memory).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from neuroflow.checkpoints.errors import CheckpointError
+
+DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
+}
+CODES: dict[torch.dtype, str] = {dtype: code for code, dtype in DTYPES.items()}
+# safetensors itself refuses headers above 100 MB; a larger length means a corrupt file.
+_MAX_HEADER = 100_000_000
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    """Where one tensor lies in its file.
+
+    Attributes:
+        name: the tensor name.
+        dtype: its torch dtype.
+        shape: its shape.
+        start: absolute byte offset of its data in the file.
+        nbytes: length of its data.
+    """
+
+    name: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    start: int
+    nbytes: int
+
+
+@dataclass(frozen=True)
+class SafetensorsHeader:
+    """The parsed header of one safetensors file.
+
+    Attributes:
+        path: the file.
+        entries: tensor name -> entry, in data-offset order.
+        metadata: the `__metadata__` strings.
+    """
+
+    path: Path
+    entries: dict[str, TensorEntry]
+    metadata: dict[str, str]
+
+
+def read_header(path: str | os.PathLike) -> SafetensorsHeader:
+    """Parse and check the header of `path` (reads only the header bytes).
+
+    Args:
+        path: a `.safetensors` file.
+
+    Raises:
+        CheckpointError: missing file, or a header that is not valid safetensors, naming the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: safetensors file not found")
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        prefix = handle.read(8)
+        if len(prefix) < 8:
+            raise CheckpointError(f"{path}: corrupt safetensors header (file of {size} bytes is shorter than 8)")
+        (length,) = struct.unpack("<Q", prefix)
+        if length > _MAX_HEADER or 8 + length > size:
+            raise CheckpointError(f"{path}: corrupt safetensors header (declares {length} header bytes, file has {size})")
+        raw = handle.read(length)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+        if not isinstance(header, dict):
+            raise ValueError("not a JSON object")
+    except (UnicodeDecodeError, ValueError) as err:
+        raise CheckpointError(f"{path}: corrupt safetensors header ({err})") from None
+    metadata = header.pop("__metadata__", None) or {}
+    data_start = 8 + length
+    entries = []
+    for name, info in header.items():
+        try:
+            code, shape, (begin, end) = info["dtype"], tuple(int(s) for s in info["shape"]), info["data_offsets"]
+        except (KeyError, TypeError, ValueError):
+            raise CheckpointError(f"{path}: corrupt safetensors header (bad entry for tensor {name!r})") from None
+        if code not in DTYPES:
+            raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype {code}")
+        dtype = DTYPES[code]
+        nbytes = math.prod(shape) * dtype.itemsize
+        if end - begin != nbytes or begin < 0 or data_start + end > size:
+            raise CheckpointError(
+                f"{path}: corrupt safetensors header (tensor {name!r}: offsets {begin}..{end} do not hold "
+                f"{code} {list(shape)} inside a file of {size} bytes)"
+            )
+        entries.append(TensorEntry(name, dtype, shape, data_start + begin, nbytes))
+    entries.sort(key=lambda e: e.start)
+    return SafetensorsHeader(path, {e.name: e for e in entries}, dict(metadata))
+
+
+def read_tensor(path: str | os.PathLike, entry: TensorEntry) -> Tensor:
+    """The tensor `entry` of `path`, read into a fresh (unmapped) buffer.
+
+    Args:
+        path: the file the entry belongs to.
+        entry: from `read_header(path)`.
+    """
+    buffer = torch.empty(entry.nbytes, dtype=torch.uint8)
+    view = memoryview(buffer.numpy()) if entry.nbytes else memoryview(b"")
+    with open(path, "rb", buffering=0) as handle:
+        handle.seek(entry.start)
+        done = 0
+        while done < entry.nbytes:
+            got = handle.readinto(view[done:])
+            if not got:
+                raise CheckpointError(f"{path}: file ends inside tensor {entry.name!r} (truncated?)")
+            done += got
+    return buffer.view(entry.dtype).reshape(entry.shape)
