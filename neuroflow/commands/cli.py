@@ -16,6 +16,14 @@ class NeuroflowCLI(LightningCLI):
     def subcommands() -> dict[str, set[str]]:
         return {**LightningCLI.subcommands(), "merge": {"model", "datamodule"}}
 
+    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> Any:
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        if subcommand == "merge":
+            # `merge --model.base B --model.experts [...]` needs no class_path: the model of a
+            # merge is a MergeModule unless a config says otherwise.
+            parser.set_defaults({"model": {"class_path": "neuroflow.evaluation.MergeModule"}})
+        return parser
+
     def add_arguments_to_parser(self, parser: Any) -> None:
         # Tasks are written once, under `data`; the model receives the DataModule's resolved task
         # specs so that its heads (or the experts it merges) match the dataloaders.

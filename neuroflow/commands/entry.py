@@ -18,4 +18,9 @@ def main(args: list[str] | None = None) -> None:
         # Recipes are a layer above LightningCLI: one command that runs fit/merge/test configs.
         run.main(argv[1:])
         return
+    if argv[:1] == ["merge"] and any(a == "--from_mergekit" or a.startswith("--from_mergekit=") for a in argv):
+        from neuroflow.commands.merge_checkpoints import from_mergekit_main
+
+        from_mergekit_main(argv[1:])
+        return
     cli.main(args)

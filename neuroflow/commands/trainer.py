@@ -29,6 +29,10 @@ class NeuroTrainer(Trainer):
         evaluate: bool = True,
         output_dir: str | None = None,
         reference: str = "manifest",
+        max_shard_size: str = "5GB",
+        dtype: str | None = None,
+        threads: int | None = None,
+        vocab: str = "refuse",
     ) -> dict[str, Any]:
         """Merge the experts of a MergeModule, save the merged model and (optionally) score it.
 
@@ -46,7 +50,20 @@ class NeuroTrainer(Trainer):
                 time; experts without them are evaluated here), `evaluate` (always score the experts
                 on this run's data), or the directory / report.json of an experts report (used
                 for its split; the other split falls back to `manifest`).
+            max_shard_size: for checkpoints made outside neuroflow (`model.base` + model folders,
+                hub ids or adapters as `model.experts`): the largest weights shard written, e.g. `5GB`.
+            dtype: for such checkpoints: the dtype of the written weights (`bfloat16`, `float16`,
+                `float32`); default: each tensor's base dtype.
+            threads: for such checkpoints: threads used by the merge maths (default: every core).
+            vocab: for such checkpoints: `refuse` a resized vocabulary, or merge the `shared_rows`
+                and keep each added row from the expert that added it.
         """
         from neuroflow.commands.merge import run_merge
+
+        if getattr(model, "external", None):
+            from neuroflow.commands.merge_checkpoints import run_checkpoint_merge
+
+            return run_checkpoint_merge(model, output_dir, evaluate, datamodule is not None, max_shard_size, dtype,
+                                        threads, vocab)
 
         return run_merge(self, model, datamodule, evaluate=evaluate, output_dir=output_dir, reference=reference)

@@ -124,6 +124,8 @@ class ExpertHeadsModule(StageReports, MultiTaskModule):
             (in Python: `datamodule.task_specs`); None = every expert's own task.
         report_dir: where `test` writes `report.{json,md,png}`; None = no report files.
         backbone_kwargs: extra `from_pretrained` arguments for the base model (`dtype`, `revision`).
+        base: load the base from here instead of the path the experts recorded (it must have the
+            experts' fingerprint, which is checked).
     """
 
     report_kind = "pretrained"
@@ -134,12 +136,13 @@ class ExpertHeadsModule(StageReports, MultiTaskModule):
         tasks: list[TaskSpec] | None = None,
         report_dir: str | None = None,
         backbone_kwargs: dict[str, Any] | None = None,
+        base: str | None = None,
     ) -> None:
         expert_set = ExpertSet(experts, task_names_of(tasks))
         specs = as_task_specs(tasks) if tasks else expert_set.task_specs()
         expert_set.check_specs(specs)
         module_args = dict(
-            backbone=expert_set.base_model, family=expert_set.family, head_dropout=0.0, backbone_kwargs=backbone_kwargs
+            backbone=base or expert_set.base_model, family=expert_set.family, head_dropout=0.0, backbone_kwargs=backbone_kwargs
         )
         super().__init__(tasks=specs, **module_args)
         fill_module_hparams(self, **module_args)

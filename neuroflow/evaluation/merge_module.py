@@ -10,7 +10,10 @@ more than one tensor of each expert at a time.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
+
+from lightning.pytorch import LightningModule
 
 from neuroflow.data.task_spec import TaskSpec
 from neuroflow.evaluation.expert_heads_module import ExpertHeadsModule
@@ -40,6 +43,10 @@ class MergeModule(ExpertHeadsModule):
         report_dir: where `test` writes `report.{json,md,png}`; None = no report files (the merge
             command writes its own into its output directory).
         backbone_kwargs: extra `from_pretrained` arguments for the base model.
+        base: the base model (folder or hub id). Required when `experts` lists checkpoints made
+            outside neuroflow (Hugging Face model folders, hub ids, peft adapter folders): those
+            are merged out of core by `python -m neuroflow merge` into a sharded model folder.
+            With neuroflow experts it must be the base they were trained from (same fingerprint).
     """
 
     report_kind = "merged"
@@ -54,6 +61,7 @@ class MergeModule(ExpertHeadsModule):
         fast_search: bool = True,
         report_dir: str | None = None,
         backbone_kwargs: dict[str, Any] | None = None,
+        base: str | None = None,
     ) -> None:
         method = method if method is not None else NeuroMerging()
         if not isinstance(method, MergeMethod):
@@ -65,7 +73,20 @@ class MergeModule(ExpertHeadsModule):
             # A wrong grid key must fail now, not after the experts are loaded and merged.
             check_search_keys(method, search)
             expand_grid(search)
-        super().__init__(experts=experts, tasks=tasks, report_dir=report_dir, backbone_kwargs=backbone_kwargs)
+        self.base = base
+        self.external = external_checkpoints(experts)
+        if self.external:
+            # Checkpoints from elsewhere are merged disk to disk by the merge command; nothing is
+            # loaded here (no heads to evaluate with, and the model may not fit in memory).
+            if not base:
+                raise ValueError("model.base is required to merge checkpoints made outside neuroflow "
+                                 f"(experts {self.external})")
+            LightningModule.__init__(self)
+            self.method, self.search, self.exclude = method, dict(search) if search else None, exclude
+            self.experts_refs = list(experts)
+            return
+        super().__init__(experts=experts, tasks=tasks, report_dir=report_dir, backbone_kwargs=backbone_kwargs,
+                         base=base)
         self.method = method
         self.search = dict(search) if search else None
         self.exclude = list(exclude) if exclude else None
@@ -125,6 +146,28 @@ class MergeModule(ExpertHeadsModule):
             "uses_data": bool(getattr(self.method, "uses_data", False)),
             "merge_info": self.merge_info,
         }
+
+
+def _is_neuroflow_expert(ref: str) -> bool:
+    path = Path(ref)
+    return (path / "expert.json").is_file() or (path.suffix == ".json" and path.is_file())
+
+
+def external_checkpoints(experts: str | list[str]) -> list[str]:
+    """The references in a list of experts that are not neuroflow experts (model folders, hub ids,
+    adapters); empty for an experts directory or neuroflow expert folders.
+
+    Raises:
+        ValueError: a list mixing both kinds.
+    """
+    if isinstance(experts, (str, Path)):
+        return []
+    refs = [str(r) for r in experts]
+    external = [r for r in refs if not _is_neuroflow_expert(r)]
+    if external and len(external) != len(refs):
+        raise ValueError(f"model.experts mixes neuroflow experts and other checkpoints ({external}); "
+                         "merge one kind at a time")
+    return external
 
 
 def _class_path(obj: Any) -> str:
