@@ -18,6 +18,14 @@ def main(args: list[str] | None = None) -> None:
         # Recipes are a layer above LightningCLI: one command that runs fit/merge/test configs.
         run.main(argv[1:])
         return
+    if argv[:1] in (["analyze"], ["stats"]):
+        # Commands outside LightningCLI's Trainer methods: the neuron-subspace analysis of a set
+        # of experts, and the statistics pass of the data-aware merge methods.
+        import importlib
+
+        module = {"analyze": "neuroflow.analysis.command", "stats": "neuroflow.statistics.command"}[argv[0]]
+        importlib.import_module(module).main(argv[1:])
+        return
     if argv[:1] == ["merge"] and any(a == "--from_mergekit" or a.startswith("--from_mergekit=") for a in argv):
         from neuroflow.commands.merge_checkpoints import from_mergekit_main
 
