@@ -10,7 +10,7 @@ headers where the mapping is lazy), and reads one tensor's statistics at a time 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -29,7 +29,7 @@ def fan_in(shape: Sequence[int], axis: int) -> int:
         shape: the weight's shape.
         axis: its neuron axis (`Route.axis`).
     """
-    return math.prod(shape) // shape[axis]
+    return math.prod(s for i, s in enumerate(shape) if i != axis)
 
 
 class ExpertStatistics(dict):
@@ -87,15 +87,16 @@ class ExpertStatistics(dict):
                     f"has shape {tuple(found)}, expected {tuple(shape)}"
                 )
 
-    def read(self, name: str, dtype: torch.dtype, nonnegative: bool = False) -> Tensor:
-        """Every expert's statistic of tensor `name`, stacked `(T, *shape)` on the CPU in `dtype`.
+    def read(self, name: str, dtype: torch.dtype, nonnegative: bool = False) -> Iterator[Tensor]:
+        """Each expert's statistic of tensor `name` in turn, on the CPU in `dtype`.
+
+        One at a time, so that accumulating methods hold one `(fan_in, fan_in)` Gram, not T of them.
 
         Args:
             name: the tensor name (checked with `require` in `prepare`).
             dtype: the computation dtype.
             nonnegative: also refuse negative entries (a diagonal Fisher is a mean of squares).
         """
-        out = []
         for i, mapping in enumerate(self._mappings):
             value = mapping[name].detach().to(device="cpu", dtype=dtype)
             bad = None
@@ -108,5 +109,4 @@ class ExpertStatistics(dict):
                     f"{self._method}: the '{self._kind}' statistic of tensor {name!r} of "
                     f"{self._source.describe(i)} contains {bad}; refusing to merge"
                 )
-            out.append(value)
-        return torch.stack(out)
+            yield value

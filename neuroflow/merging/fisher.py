@@ -9,6 +9,7 @@ same average: `delta = sum_i F_i tau_i / sum_i F_i`.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -19,9 +20,10 @@ from neuroflow.merging.expert_statistics import ExpertStatistics
 from neuroflow.merging.routing import Route
 from neuroflow.merging.sources import tensor_meta
 from neuroflow.merging.task_vectors import TaskVectors
+from neuroflow.merging.validation import check_range
 
 
-def fisher_average(params: Tensor, fishers: Tensor, eps: float = 1e-8) -> Tensor:
+def fisher_average(params: Tensor, fishers: Tensor | Iterable[Tensor], eps: float = 1e-8) -> Tensor:
     """`sum_i F_i x_i / sum_i F_i` per entry, with every Fisher floored at `eps`.
 
     The floor keeps the division defined and, where all Fishers are (near) 0, makes the weights
@@ -29,16 +31,25 @@ def fisher_average(params: Tensor, fishers: Tensor, eps: float = 1e-8) -> Tensor
 
     Args:
         params: per-expert values (weights or task vectors), shape `(T, ...)`.
-        fishers: non-negative diagonal Fishers, same shape.
+        fishers: non-negative diagonal Fishers, `(T, ...)` or T tensors of `params.shape[1:]` in turn
+            (accumulated one at a time, never stacked).
         eps: the floor, >= 0.
     """
-    if fishers.shape != params.shape:
-        raise ValueError(f"fishers of shape {tuple(fishers.shape)} for params of shape {tuple(params.shape)}")
-    weights = fishers.to(params.dtype)
-    if eps > 0:
-        weights = weights.clamp(min=eps)
-    total = weights.sum(dim=0)
-    merged = (weights * params).sum(dim=0) / torch.where(total > 0, total, torch.ones((), dtype=total.dtype))
+    numerator = torch.zeros(params.shape[1:], dtype=params.dtype)
+    total = torch.zeros(params.shape[1:], dtype=params.dtype)
+    count = 0
+    for x, f in zip(params, fishers, strict=False):
+        if f.shape != x.shape:
+            raise ValueError(f"a Fisher of shape {tuple(f.shape)} for a parameter of shape {tuple(x.shape)}")
+        weight = f.to(params.dtype)
+        if eps > 0:
+            weight = weight.clamp(min=eps)
+        numerator.addcmul_(weight, x)
+        total += weight
+        count += 1
+    if count != params.shape[0]:
+        raise ValueError(f"got {count} Fishers for {params.shape[0]} experts")
+    merged = numerator / torch.where(total > 0, total, torch.ones((), dtype=total.dtype))
     return torch.where(total > 0, merged, params.mean(dim=0))
 
 
@@ -63,9 +74,7 @@ class FisherMerging(MergeMethod):
     statistics_kind = "fisher"
 
     def __init__(self, eps: float = 1e-8) -> None:
-        if not eps >= 0.0:
-            raise ValueError(f"FisherMerging: eps must be >= 0, got {eps}")
-        self.eps = float(eps)
+        self.eps = check_range(self, "eps", eps, low=0.0)
 
     def prepare(self, task_vectors: TaskVectors) -> dict[str, Any]:
         fishers = ExpertStatistics(task_vectors, self.statistics_kind, type(self).__name__)

@@ -28,6 +28,7 @@ from torch import Tensor
 from neuroflow.merging.base import MergeMethod
 from neuroflow.merging.routing import Route
 from neuroflow.merging.tsv import polar_factor, significant
+from neuroflow.merging.validation import check_finite, check_range
 
 
 def iso_c(matrix: Tensor, alpha: float = 1.0) -> Tensor:
@@ -120,10 +121,10 @@ class IsoC(MergeMethod):
     linear_hparams = ("alpha",)
 
     def __init__(self, alpha: float = 1.0) -> None:
-        self.alpha = float(alpha)
+        self.alpha = check_finite(self, "alpha", alpha)
 
     def merge_tensor(self, name: str, base: Tensor, task_vectors: Tensor, route: Route, stats: dict[str, Any]) -> Tensor:
-        if route.kind != "neuron" or base.dim() != 2:
+        if route.kind != "neuron" or base.dim() != 2 or base.numel() == 0:
             return self.alpha * task_vectors.mean(dim=0)
         summed = route.to_neurons(task_vectors, leading=1).sum(dim=0)
         return route.from_neurons(iso_c(summed, self.alpha), base.shape)
@@ -144,13 +145,11 @@ class IsoCTS(MergeMethod):
     linear_hparams = ("alpha",)
 
     def __init__(self, common_space_fraction: float = 0.8, alpha: float = 1.0) -> None:
-        if not 0.0 <= common_space_fraction <= 1.0:
-            raise ValueError(f"IsoCTS: common_space_fraction must be in [0, 1], got {common_space_fraction}")
-        self.common_space_fraction = float(common_space_fraction)
-        self.alpha = float(alpha)
+        self.common_space_fraction = check_range(self, "common_space_fraction", common_space_fraction, 0.0, 1.0)
+        self.alpha = check_finite(self, "alpha", alpha)
 
     def merge_tensor(self, name: str, base: Tensor, task_vectors: Tensor, route: Route, stats: dict[str, Any]) -> Tensor:
-        if route.kind != "neuron" or base.dim() != 2:
+        if route.kind != "neuron" or base.dim() != 2 or base.numel() == 0:
             return self.alpha * task_vectors.mean(dim=0)
         mats = route.to_neurons(task_vectors, leading=1)
         return route.from_neurons(iso_cts(mats, self.common_space_fraction, self.alpha), base.shape)

@@ -17,7 +17,7 @@ norms, embeddings) are merged by `fallback`.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
@@ -29,6 +29,7 @@ from neuroflow.merging.expert_statistics import ExpertStatistics, fan_in
 from neuroflow.merging.routing import Route
 from neuroflow.merging.sources import tensor_meta
 from neuroflow.merging.task_vectors import TaskVectors
+from neuroflow.merging.validation import check_range
 
 
 def regularize_grams(grams: Tensor, alpha: float) -> Tensor:
@@ -57,21 +58,35 @@ def solve_psd(lhs: Tensor, rhs: Tensor) -> Tensor:
     return torch.linalg.lstsq(lhs, rhs, driver="gelsd").solution
 
 
-def regmean_solve(weights: Tensor, grams: Tensor, alpha: float = 0.9) -> Tensor:
+def regmean_solve(weights: Tensor, grams: Tensor | Iterable[Tensor], alpha: float = 0.9) -> Tensor:
     """RegMean of one linear layer: `W = ((sum_i G~_i)^-1 sum_i G~_i W_i^T)^T`, `G~ = regularize_grams(G, alpha)`.
 
     Args:
         weights: the experts' weights (or task vectors), shape `(T, out, in)`.
-        grams: the Gram matrices of their inputs, shape `(T, in, in)`.
+        grams: the Gram matrices of their inputs, `(T, in, in)` or T `(in, in)` tensors in turn
+            (read one at a time: they are accumulated, never stacked).
         alpha: off-diagonal scale of the Grams (1: the exact least-squares merge).
 
     Returns:
         the merged `(out, in)` weight, in the dtype of `weights`.
     """
-    w = weights.to(torch.float64)
-    g = regularize_grams(grams.to(torch.float64), alpha)
-    rhs = torch.einsum("tij,toj->io", g, w)  # sum_i G_i W_i^T, (in, out)
-    return solve_psd(g.sum(dim=0), rhs).T.to(weights.dtype)
+    fan = weights.shape[-1]
+    lhs = torch.zeros(fan, fan, dtype=torch.float64)
+    rhs = torch.zeros(fan, weights.shape[1], dtype=torch.float64)  # sum_i G~_i W_i^T, (in, out)
+    count = 0
+    for w, g in zip(weights, grams, strict=False):
+        g = g.to(torch.float64)
+        if g.shape != (fan, fan):
+            raise ValueError(f"a Gram of shape {tuple(g.shape)} for a weight with {fan} inputs")
+        wt = w.to(torch.float64).T
+        lhs += g
+        # G~ W^T = alpha G W^T + (1 - alpha) diag(G) W^T, without forming G~
+        rhs.addmm_(g, wt, alpha=alpha).addcmul_(torch.diagonal(g)[:, None], wt, value=1.0 - alpha)
+        count += 1
+    if count != weights.shape[0]:
+        raise ValueError(f"got {count} Gram matrices for {weights.shape[0]} experts")
+    # the regularisation is linear, so that of the sum is the sum of the regularised Grams
+    return solve_psd(regularize_grams(lhs, alpha), rhs).T.to(weights.dtype)
 
 
 def _as_method(value: MergeMethod | Mapping[str, Any] | None) -> MergeMethod | None:
@@ -80,13 +95,14 @@ def _as_method(value: MergeMethod | Mapping[str, Any] | None) -> MergeMethod | N
     if value is None or isinstance(value, MergeMethod):
         return value
     if isinstance(value, Mapping) and "class_path" in value:
-        path = str(value["class_path"])
-        module, _, qualname = path.rpartition(".")
-        cls = getattr(importlib.import_module(module or "neuroflow.merging"), qualname)
-        method = cls(**dict(value.get("init_args") or {}))
-        if isinstance(method, MergeMethod):
-            return method
-    raise TypeError(f"RegMean: fallback must be a MergeMethod, its class_path config, or None; got {value!r}")
+        module, _, qualname = str(value["class_path"]).rpartition(".")
+        try:
+            cls = getattr(importlib.import_module(module or "neuroflow.merging"), qualname)
+        except (ImportError, AttributeError):
+            cls = None
+        if isinstance(cls, type) and issubclass(cls, MergeMethod):
+            return cls(**dict(value.get("init_args") or {}))
+    raise ValueError(f"RegMean: fallback must be a MergeMethod, its class_path config, or None, got {value!r}")
 
 
 class RegMean(MergeMethod):
@@ -112,9 +128,7 @@ class RegMean(MergeMethod):
     statistics_kind = "regmean"
 
     def __init__(self, alpha: float = 0.9, fallback: MergeMethod | None = None) -> None:
-        if not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"RegMean: alpha must be in [0, 1], got {alpha}")
-        self.alpha = float(alpha)
+        self.alpha = check_range(self, "alpha", alpha, 0.0, 1.0)
         self.fallback = _as_method(fallback)
 
     @property
@@ -144,6 +158,8 @@ class RegMean(MergeMethod):
         grams: ExpertStatistics = stats["grams"]
         if route.kind != "neuron" or not grams.has(name):
             return self._fallback.merge_tensor(name, base, task_vectors, route, stats["fallback"])
+        if base.numel() == 0:  # an empty weight has nothing to solve (and no neuron view)
+            return torch.zeros_like(base)
         rows = route.to_neurons(task_vectors, leading=1)
         delta = regmean_solve(rows, grams.read(name, torch.float64), self.alpha)
         return route.from_neurons(delta, base.shape)

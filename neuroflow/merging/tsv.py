@@ -23,6 +23,7 @@ from torch import Tensor
 
 from neuroflow.merging.base import MergeMethod
 from neuroflow.merging.routing import Route
+from neuroflow.merging.validation import check_finite, check_range
 
 _EPS = torch.finfo(torch.float64).eps
 
@@ -117,13 +118,11 @@ class TSVMerge(MergeMethod):
     linear_hparams = ("alpha",)
 
     def __init__(self, fraction: float | None = None, alpha: float = 1.0) -> None:
-        if fraction is not None and not 0.0 < fraction <= 1.0:
-            raise ValueError(f"TSVMerge: fraction must be in (0, 1] or None (1 / T), got {fraction}")
-        self.fraction = None if fraction is None else float(fraction)
-        self.alpha = float(alpha)
+        self.fraction = None if fraction is None else check_range(self, "fraction", fraction, 0.0, 1.0, low_inclusive=False)
+        self.alpha = check_finite(self, "alpha", alpha)
 
     def merge_tensor(self, name: str, base: Tensor, task_vectors: Tensor, route: Route, stats: dict[str, Any]) -> Tensor:
-        if route.kind != "neuron" or base.dim() != 2:
+        if route.kind != "neuron" or base.dim() != 2 or base.numel() == 0:
             return self.alpha * task_vectors.mean(dim=0)
         mats = route.to_neurons(task_vectors, leading=1)
         k = tsv_rank(min(mats.shape[1:]), mats.shape[0], self.fraction)

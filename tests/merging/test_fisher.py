@@ -114,5 +114,6 @@ def test_bad_statistics_name_the_tensor_and_the_expert() -> None:
     infinite = {**ones, "emb.weight": torch.full((12, 5), float("inf"), dtype=D)}
     with pytest.raises(MergeInputError, match=r"tensor 'emb.weight' of expert 1 contains NaN or Inf"):
         merge_state_dicts(base, with_fishers(experts, [ones, infinite]), FisherMerging())
-    with pytest.raises(ValueError, match="eps"):
-        FisherMerging(eps=-1.0)
+    for bad in (-1.0, float("nan"), float("inf"), "1e-8", None):
+        with pytest.raises(ValueError, match="FisherMerging: eps must be"):
+            FisherMerging(eps=bad)

@@ -171,5 +171,18 @@ def test_alpha_is_linear_and_info() -> None:
             assert torch.allclose(scaled[name] - base[name], 0.6 * (one[name] - base[name]), atol=1e-12)
     info = merge(base, experts, IsoCTS()).info
     assert info["method"] == "iso_cts" and info["hparams"] == {"common_space_fraction": 0.8, "alpha": 1.0}
-    with pytest.raises(ValueError, match="common_space_fraction"):
-        IsoCTS(common_space_fraction=1.2)
+    for bad in (1.2, -0.1, float("nan"), True, "0.8"):
+        with pytest.raises(ValueError, match="IsoCTS: common_space_fraction must be"):
+            IsoCTS(common_space_fraction=bad)
+    for cls in (IsoC, IsoCTS):
+        with pytest.raises(ValueError, match=f"{cls.__name__}: alpha must be a finite number"):
+            cls(alpha=float("nan"))
+
+
+@pytest.mark.parametrize("method", [IsoC(), IsoCTS(), IsoCTS(common_space_fraction=0.0)], ids=repr)
+def test_empty_tensors_merge_to_empty(method) -> None:
+    base = {"a": torch.empty(0, 4), "b": torch.empty(4, 0), "c": torch.empty(3, 0, 2), "w": torch.ones(3, 2)}
+    experts = [{k: v + t for k, v in base.items()} for t in (1.0, 2.0)]
+    out = merge_state_dicts(base, experts, method, routing={"b": "neuron_columns"})
+    assert all(out[k].shape == base[k].shape for k in base)
+    assert torch.isfinite(out["w"]).all()

@@ -71,6 +71,21 @@ def test_off_diagonal_scaling_by_hand() -> None:
     assert torch.allclose(merged, torch.tensor([[9.0, 10.0]], dtype=D) / 23, atol=1e-15)
 
 
+def test_solve_accumulates_grams_one_at_a_time() -> None:
+    _, experts, inputs = layer_case(seed=7)
+    w = torch.stack([e["lin.weight"] for e in experts])
+    grams = [x.T @ x for x in inputs]
+    # the formula with each Gram regularised first, and everything stacked
+    g = regularize_grams(torch.stack(grams), 0.7)
+    expected = torch.linalg.solve(g.sum(0), torch.einsum("tij,toj->io", g, w)).T
+    assert torch.allclose(regmean_solve(w, torch.stack(grams), 0.7), expected, atol=1e-12)
+    assert torch.allclose(regmean_solve(w, iter(grams), 0.7), expected, atol=1e-12)
+    with pytest.raises(ValueError, match="got 2 Gram matrices for 3 experts"):
+        regmean_solve(w, grams[:2], 0.7)
+    with pytest.raises(ValueError, match=r"a Gram of shape \(4, 4\) for a weight with 5 inputs"):
+        regmean_solve(w, [torch.eye(4, dtype=D)] * 3, 0.7)
+
+
 def test_conv1d_columns_route_uses_the_input_side() -> None:
     base, experts, inputs = layer_case(seed=2)
     rows = merge_state_dicts(base, with_grams(experts, inputs), RegMean())
@@ -122,10 +137,21 @@ def test_nested_fallback_from_a_config() -> None:
     method = parser.instantiate(parser.parse_args(["--method", config])).method
     assert isinstance(method, RegMean) and method.alpha == 0.8 and method.fallback.mask_rate == 0.5
     assert RegMean(fallback={"class_path": "TaskArithmetic", "init_args": {"scaling": 0.2}}).fallback.scaling == 0.2
-    with pytest.raises(TypeError, match="fallback"):
-        RegMean(fallback="ties")
-    with pytest.raises(ValueError, match="alpha"):
-        RegMean(alpha=1.5)
+    for bad in ("ties", {"init_args": {}}, 0.5, {"class_path": "no.such.Method"}, {"class_path": "torch.Tensor"}):
+        with pytest.raises(ValueError, match="RegMean: fallback must be a MergeMethod"):
+            RegMean(fallback=bad)
+    for bad in (1.5, -0.1, float("nan"), "0.9", True, None):
+        with pytest.raises(ValueError, match="RegMean: alpha must be"):
+            RegMean(alpha=bad)
+
+
+def test_empty_weights_merge_to_empty() -> None:
+    base = {"a.weight": torch.empty(0, 3, dtype=D), "b.weight": torch.empty(3, 0, dtype=D), "lin.weight": torch.ones(2, 3, dtype=D)}
+    experts = [{k: v + 1.0 for k, v in base.items()} for _ in range(2)]
+    grams = {"a.weight": torch.eye(3, dtype=D), "b.weight": torch.empty(0, 0, dtype=D), "lin.weight": torch.eye(3, dtype=D)}
+    out = merge_state_dicts(base, DictExperts(experts, statistics=[{"regmean": grams}] * 2), RegMean())
+    assert out["a.weight"].shape == (0, 3) and out["b.weight"].shape == (3, 0)
+    assert torch.allclose(out["lin.weight"], torch.full((2, 3), 2.0, dtype=D))
 
 
 def test_lazy_statistics_from_safetensors(tmp_path) -> None:

@@ -143,6 +143,18 @@ def test_config_info_and_bad_fraction() -> None:
     base, experts, _ = two_layer_case()
     info = merge(base, experts, TSVMerge()).info
     assert info["method"] == "tsv_m" and info["hparams"] == {"fraction": None, "alpha": 1.0}
-    for bad in (0.0, 1.5, -0.1):
-        with pytest.raises(ValueError, match="fraction"):
+    for bad in (0.0, 1.5, -0.1, float("nan"), "0.5", True):
+        with pytest.raises(ValueError, match="TSVMerge: fraction must be"):
             TSVMerge(fraction=bad)
+    for bad in (float("inf"), "1", None):
+        with pytest.raises(ValueError, match="TSVMerge: alpha must be a finite number"):
+            TSVMerge(alpha=bad)
+
+
+def test_empty_tensors_merge_to_empty() -> None:
+    base = {"a": torch.empty(0, 4), "b": torch.empty(4, 0), "c": torch.empty(3, 0, 2), "w": torch.ones(3, 2)}
+    experts = [{k: v + t for k, v in base.items()} for t in (1.0, 2.0)]
+    routing = {"b": "neuron_columns"}
+    out = merge_state_dicts(base, experts, TSVMerge(), routing=routing)
+    assert all(out[k].shape == base[k].shape for k in base)
+    assert torch.isfinite(out["w"]).all()
