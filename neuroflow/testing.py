@@ -1,9 +1,10 @@
-"""Tiny offline models (BERT, T5, ViT) for tests, demos and debugging.
+"""Tiny offline models (BERT, T5, ViT; LLaMA, Mistral, Qwen2, GPT-2) for tests, demos and debugging.
 
 Each builder creates a randomly initialised model from a small config and saves it with
 `save_pretrained`, together with a tokenizer (text models) or an image processor (ViT), so the
 folder loads by path exactly like a hub model: `MultiTaskModule(backbone=str(path))`. The
-tokenizers are trained on the spot with the `tokenizers` library, so nothing is downloaded.
+tokenizers are trained on the spot with the `tokenizers` library, so nothing is downloaded. The
+causal LMs live in `neuroflow.testing_causal` and are re-exported here.
 """
 
 from __future__ import annotations
@@ -231,18 +232,152 @@ def build_tiny_vit(
     return _save(ViTModel(config, add_pooling_layer=True), processor, path)
 
 
-_BUILDERS = {"bert": build_tiny_bert, "t5": build_tiny_t5, "vit": build_tiny_vit}
+# Causal LMs. Real data lines make the BPE merges look like the tasks' text; the built-in corpus
+# and a line of digits and symbols keep any text encodable (byte-level BPE has no unknown token).
+_DATA_FILES = (("sst2/stsa.binary.train", "space"), ("trec/TREC.train.all", "space"), ("agnews/test.csv", "csv"))
+_EXTRA_LINES = ["0 1 2 3 4 5 6 7 8 9 10 12 24 36 48 72 100 1,000 3.5 -4 $5 #### = + - * / ( ) ? ! . , : ;",
+                "review : sentiment : question : answer : topic : choose : positive negative"]
+
+
+def data_corpus(data_dir: str | os.PathLike | None = None, lines_per_file: int = 200) -> list[str]:
+    """Training lines for the causal tokenizers: the built-in corpus plus the first lines of a few
+    shared text datasets (read in place; nothing is copied) when `data_dir` has them.
+
+    Args:
+        data_dir: the shared data folder; None = `neuroflow.hub.default_data_dir()`.
+        lines_per_file: lines taken from each dataset file.
+    """
+    from neuroflow.hub import default_data_dir
+
+    root = Path(data_dir if data_dir is not None else default_data_dir())
+    lines = builtin_corpus() + list(_EXTRA_LINES)
+    for rel, fmt in _DATA_FILES:
+        path = root / rel
+        if not path.is_file():
+            continue
+        with open(path, encoding="latin-1") as handle:
+            for _, line in zip(range(lines_per_file), handle):
+                lines.append(line.split(" ", 1)[-1].strip() if fmt == "space" else line.strip().replace('","', " "))
+    return lines
+
+
+def train_bpe_tokenizer(
+    texts: Iterable[str] | None = None, vocab_size: int = 1000, style: str = "llama"
+) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer without a pad token, as causal LMs ship them.
+
+    Args:
+        texts: training sentences; the built-in corpus when None.
+        vocab_size: upper bound on the vocabulary size (the 256 byte symbols included).
+        style: `llama` (`<unk>`, `<s>` prepended as BOS, `</s>` as EOS) or `gpt2` (one
+            `<|endoftext|>` token as BOS/EOS/UNK, nothing added to the text).
+    """
+    specials = ["<unk>", "<s>", "</s>"] if style == "llama" else ["<|endoftext|>"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(list(texts) if texts is not None else builtin_corpus(), trainer=trainer)
+    if style == "llama":
+        tok.post_processor = processors.TemplateProcessing(
+            single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", tok.token_to_id("<s>"))])
+        return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    eot = "<|endoftext|>"
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=eot, eos_token=eot, unk_token=eot)
+
+
+def _causal_config(arch: str, vocab: int, hidden: int, layers: int, bos: int, eos: int) -> object:
+    from transformers import GPT2Config, LlamaConfig, MistralConfig, Qwen2Config
+
+    if arch == "gpt2":
+        return GPT2Config(vocab_size=vocab, n_embd=hidden, n_layer=layers, n_head=2, n_positions=256,
+                          bos_token_id=bos, eos_token_id=eos)
+    common = dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                  bos_token_id=bos, eos_token_id=eos)
+    if arch == "llama":
+        return LlamaConfig(**common)
+    if arch == "mistral":
+        return MistralConfig(**common, sliding_window=None)
+    if arch == "qwen2":  # small Qwen2 checkpoints tie the LM head to the embeddings
+        return Qwen2Config(**common, tie_word_embeddings=True)
+    raise ValueError(f"unknown tiny causal architecture {arch!r}; choose one of {sorted(CAUSAL_BUILDERS)}")
+
+
+def build_tiny_causal_lm(
+    path: str | os.PathLike,
+    arch: str = "llama",
+    texts: Iterable[str] | None = None,
+    hidden_size: int = 32,
+    num_layers: int = 2,
+    vocab_size: int = 1000,
+    seed: int = 0,
+) -> Path:
+    """Save a tiny decoder-only LM (a few hundred KB) with its BPE tokenizer to `path`.
+
+    Args:
+        path: output folder (created).
+        arch: `llama`, `mistral`, `qwen2` (4 query / 2 key-value heads; Qwen2 with a tied LM
+            head) or `gpt2` (`Conv1D` layers, tied LM head).
+        texts: tokenizer training sentences (e.g. `data_corpus()`); the built-in corpus when None.
+        hidden_size: width of the model.
+        num_layers: number of decoder layers.
+        vocab_size: upper bound on the tokenizer's vocabulary.
+        seed: seed of the random initialisation (same seed, same weights).
+    """
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = train_bpe_tokenizer(texts, vocab_size, "gpt2" if arch == "gpt2" else "llama")
+    config = _causal_config(arch, len(tokenizer), hidden_size, num_layers, tokenizer.bos_token_id,
+                            tokenizer.eos_token_id)
+    torch.manual_seed(seed)
+    return _save(AutoModelForCausalLM.from_config(config), tokenizer, path)
+
+
+def build_tiny_llama(path: str | os.PathLike, texts: Iterable[str] | None = None, seed: int = 0) -> Path:
+    """A tiny LLaMA (see `build_tiny_causal_lm`). Args: path: output folder; texts: tokenizer
+    corpus; seed: initialisation seed."""
+    return build_tiny_causal_lm(path, "llama", texts, seed=seed)
+
+
+def build_tiny_mistral(path: str | os.PathLike, texts: Iterable[str] | None = None, seed: int = 0) -> Path:
+    """A tiny Mistral (see `build_tiny_causal_lm`). Args: path: output folder; texts: tokenizer
+    corpus; seed: initialisation seed."""
+    return build_tiny_causal_lm(path, "mistral", texts, seed=seed)
+
+
+def build_tiny_qwen2(path: str | os.PathLike, texts: Iterable[str] | None = None, seed: int = 0) -> Path:
+    """A tiny Qwen2 with a tied LM head (see `build_tiny_causal_lm`). Args: path: output folder;
+    texts: tokenizer corpus; seed: initialisation seed."""
+    return build_tiny_causal_lm(path, "qwen2", texts, seed=seed)
+
+
+def build_tiny_gpt2(path: str | os.PathLike, texts: Iterable[str] | None = None, seed: int = 0) -> Path:
+    """A tiny GPT-2 (`Conv1D`, tied LM head; see `build_tiny_causal_lm`). Args: path: output
+    folder; texts: tokenizer corpus; seed: initialisation seed."""
+    return build_tiny_causal_lm(path, "gpt2", texts, seed=seed)
+
+
+CAUSAL_BUILDERS = {"llama": build_tiny_llama, "mistral": build_tiny_mistral, "qwen2": build_tiny_qwen2,
+                   "gpt2": build_tiny_gpt2}
+_BUILDERS = {"bert": build_tiny_bert, "t5": build_tiny_t5, "vit": build_tiny_vit, **CAUSAL_BUILDERS}
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m neuroflow.testing {bert,t5,vit} PATH`: save a tiny model to PATH."""
+    """`python -m neuroflow.testing {bert,t5,vit,llama,mistral,qwen2,gpt2} PATH`: save a tiny model to PATH
+    (causal LMs get a tokenizer trained on lines of the shared data when `--data_dir` has them)."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m neuroflow.testing", description=main.__doc__)
     parser.add_argument("kind", choices=sorted(_BUILDERS))
     parser.add_argument("path")
+    parser.add_argument("--data_dir", default=None, help="shared data for the causal tokenizers' corpus")
     args = parser.parse_args(argv)
-    print(_BUILDERS[args.kind](args.path))
+    if args.kind in CAUSAL_BUILDERS:
+        print(CAUSAL_BUILDERS[args.kind](args.path, texts=data_corpus(args.data_dir)))
+    else:
+        print(_BUILDERS[args.kind](args.path))
 
 
 if __name__ == "__main__":

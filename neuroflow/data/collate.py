@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from neuroflow.data.image_transform import ImageTransform
+from neuroflow.data.llm_spec import LLM_KINDS
 
 LABEL_PAD = -100  # ignored by cross-entropy, so padded target positions do not count
 
@@ -43,7 +44,8 @@ class TaskCollator:
         task: the task name, stored as `batch["task"]`.
         kind: the task kind (decides the keys).
         pad_token_id: the tokenizer's pad id (text kinds).
-        padding_side: `right` or `left`, as the tokenizer pads.
+        padding_side: `right` or `left`, as the tokenizer pads (causal-LM kinds choose their sides
+            per use: `neuroflow.data.llm_collate`).
         pad_to_multiple_of: round padded lengths up (tensor-core friendly); None pads to the longest.
         image_transform: turns stored images into `pixel_values` (image kind).
     """
@@ -69,6 +71,11 @@ class TaskCollator:
         if self.kind == "image_classification":
             batch["pixel_values"] = self.image_transform(cols["image"])
             batch["labels"] = torch.as_tensor(cols["label"], dtype=torch.long)
+            return batch
+        if self.kind in LLM_KINDS:
+            from neuroflow.data.llm_collate import collate_causal
+
+            batch.update(collate_causal(cols, self.kind, self.pad_token_id, self.multiple))
             return batch
         pad = lambda key, value: pad_sequences(cols[key], value, self.padding_side, self.multiple)  # noqa: E731
         batch["input_ids"] = pad("input_ids", self.pad_token_id)

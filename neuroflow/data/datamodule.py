@@ -8,12 +8,14 @@ from typing import Any, Literal
 
 import datasets
 from lightning.pytorch import LightningDataModule
+from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
 from neuroflow.data.collate import MultiTaskCollator, TaskCollator
 from neuroflow.data.encoding import default_cache_dir, encode_split
 from neuroflow.data.image_transform import ImageTransform
 from neuroflow.data.loading import LOCAL_BUILDERS, load_task, resolve_data_files
+from neuroflow.data.pad_token import ensure_pad_token
 from neuroflow.data.readers import find_reader
 from neuroflow.data.registry import resolve_task
 from neuroflow.data.samplers import SAMPLING_MODES, MultiTaskBatchSampler, ShardSampler
@@ -45,8 +47,10 @@ class MultiTaskDataModule(LightningDataModule):
         task_dirs: extra directories of `<task>.yaml` files, searched before the built-ins.
         tokenizer: tokenizer path, hub id or `pkg://...`: the model's backbone (in a single
             config file `${model.init_args.backbone}` works); required for text tasks.
-        max_length: input truncation length in tokens.
-        max_target_length: target truncation length in tokens (text2text).
+        max_length: input truncation length in tokens (causal-LM tasks: prompt + target; longer
+            prompts are truncated from the left and counted in `truncation_counts`).
+        max_target_length: target truncation length in tokens (text2text; causal-LM targets and
+            choices).
         batch_size: training examples per batch and process.
         eval_batch_size: validation/test examples per batch and process.
         sampling: how training mixes tasks: `proportional` (each example once per epoch, tasks in
@@ -135,6 +139,12 @@ class MultiTaskDataModule(LightningDataModule):
             )
         for spec in self._specs:
             self._check_files(spec)
+        llm_tasks = [s.name for s in self._specs if s.is_llm]
+        if llm_tasks and max_target_length >= max_length:
+            raise ValueError(
+                f"data.max_target_length ({max_target_length}) must be below data.max_length ({max_length}) for "
+                f"the causal-LM tasks {llm_tasks}: prompt and target share max_length"
+            )
         self.tokenizer_name = tokenizer
         self.max_length, self.max_target_length = max_length, max_target_length
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
@@ -150,6 +160,7 @@ class MultiTaskDataModule(LightningDataModule):
         self._tokenizer: Any = None
         self._raw: dict[str, datasets.DatasetDict] = {}
         self._data: dict[str, dict[str, datasets.Dataset]] = {}
+        self._truncated: dict[str, dict[str, dict[str, int]]] = {}
 
     # -- tasks ---------------------------------------------------------------------------------
 
@@ -195,6 +206,9 @@ class MultiTaskDataModule(LightningDataModule):
                 self._tokenizer = AutoTokenizer.from_pretrained(path)
             except (OSError, ValueError) as err:
                 raise ValueError(f"data.tokenizer {self.tokenizer_name!r}: cannot load a tokenizer: {err}") from err
+            llm_tasks = [s.name for s in self._specs if s.is_llm]
+            if llm_tasks:
+                ensure_pad_token(self._tokenizer, llm_tasks)
         return self._tokenizer
 
     def _raw_task(self, spec: TaskSpec) -> datasets.DatasetDict:
@@ -215,8 +229,31 @@ class MultiTaskDataModule(LightningDataModule):
                 else:
                     built[spec.name] = encode_split(raw, spec, split, self.tokenizer, self.max_length,
                                                     self.max_target_length, self.cache_dir)
+                    if spec.is_llm:
+                        self._count_truncated(spec, split, built[spec.name], len(raw))
             self._data[split] = built
         return self._data[split]
+
+    def _count_truncated(self, spec: TaskSpec, split: str, data: datasets.Dataset, size: int) -> None:
+        counts = {key: int(sum(data[key])) for key in ("prompt_truncated", "target_truncated")}
+        self._truncated.setdefault(spec.name, {})[split] = counts
+        if counts["prompt_truncated"]:
+            rank_zero_warn(
+                f"task {spec.name!r}: {counts['prompt_truncated']} of {size} {split} prompts do not fit into "
+                f"data.max_length ({self.max_length}) with their target and were truncated from the left"
+            )
+        if counts["target_truncated"]:
+            rank_zero_warn(
+                f"task {spec.name!r}: {counts['target_truncated']} of {size} {split} targets/choices are longer "
+                f"than data.max_target_length ({self.max_target_length}) and were cut"
+            )
+
+    @property
+    def truncation_counts(self) -> dict[str, dict[str, dict[str, int]]]:
+        """Causal-LM tasks: task -> split -> {"prompt_truncated": n, "target_truncated": n}, for the
+        splits built so far (prompts cut from the left to fit `max_length`, targets cut to
+        `max_target_length`)."""
+        return {task: {split: dict(c) for split, c in splits.items()} for task, splits in self._truncated.items()}
 
     def _splits_for(self, stage: str | None) -> tuple[str, ...]:
         return _STAGE_SPLITS.get(stage, SPLITS) if stage else SPLITS

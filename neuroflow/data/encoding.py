@@ -45,12 +45,15 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
 
 
 def content_fingerprint(ds: datasets.Dataset) -> str:
-    """SHA-256 of a canonical text split's texts and labels (cheap: one pass over the strings)."""
+    """SHA-256 of a canonical text split's texts (prompts, targets, choices) and labels (one pass
+    over the strings)."""
     h = hashlib.sha256()
-    for column in ("text", "text_pair"):
+    for column in ("text", "text_pair", "prompt", "target"):
         if column in ds.column_names:
             h.update(column.encode())
             h.update("\x1e".join(ds[column]).encode("utf-8", "surrogatepass"))
+    if "choices" in ds.column_names:
+        h.update(json.dumps(list(ds["choices"])).encode("utf-8", "surrogatepass"))
     h.update(json.dumps(list(map(int, ds["label"]))).encode())
     return h.hexdigest()
 
@@ -109,6 +112,8 @@ def encode_split(
         max_target_length: target truncation length (text2text).
         cache_dir: cache root (default `default_cache_dir()`).
     """
+    if spec.is_llm:
+        return _encode_llm_split(ds, spec, split, tokenizer, max_length, max_target_length, cache_dir)
     key_parts = {
         "version": CACHE_VERSION,
         "task": spec.name,
@@ -120,17 +125,62 @@ def encode_split(
         "max_length": max_length,
         "max_target_length": max_target_length if spec.kind == "text2text" else None,
     }
+    fn_kwargs = {"spec": spec, "tokenizer": tokenizer, "max_length": max_length, "max_target_length": max_target_length}
+    return _cached_map(ds, encode_batch, fn_kwargs, key_parts, spec.name, split, cache_dir)
+
+
+def _cached_map(
+    ds: datasets.Dataset,
+    fn: Any,
+    fn_kwargs: dict[str, Any],
+    key_parts: dict[str, Any],
+    task: str,
+    split: str,
+    cache_dir: str | None,
+    tag: str = "",
+) -> datasets.Dataset:
     key = hashlib.sha256(json.dumps(key_parts, sort_keys=True).encode()).hexdigest()[:24]
-    folder = Path(cache_dir or default_cache_dir()) / "tokenized" / spec.name
+    folder = Path(cache_dir or default_cache_dir()) / "tokenized" / task
     folder.mkdir(parents=True, exist_ok=True)
     return ds.map(
-        encode_batch,
+        fn,
         batched=True,
-        fn_kwargs={"spec": spec, "tokenizer": tokenizer, "max_length": max_length,
-                   "max_target_length": max_target_length},
+        fn_kwargs=fn_kwargs,
         remove_columns=ds.column_names,
-        cache_file_name=str(folder / f"{split}-{key}.arrow"),
+        cache_file_name=str(folder / f"{split}{tag}-{key}.arrow"),
         load_from_cache_file=True,
         new_fingerprint=key,
-        desc=f"tokenize {spec.name}/{split}",
+        desc=f"{tag.strip('-') or 'tokenize'} {task}/{split}",
     )
+
+
+def _encode_llm_split(
+    ds: datasets.Dataset,
+    spec: TaskSpec,
+    split: str,
+    tokenizer: Any,
+    max_length: int,
+    max_target_length: int,
+    cache_dir: str | None,
+) -> datasets.Dataset:
+    """`encode_split` for the causal-LM kinds (`neuroflow.data.llm_encoding`), packed when asked."""
+    from neuroflow.data.llm_encoding import encode_llm_batch, llm_cache_parts, pack_rows
+
+    key_parts = {
+        "version": CACHE_VERSION,
+        "task": spec.name,
+        "kind": spec.kind,
+        "content": content_fingerprint(ds),
+        "tokenizer": tokenizer_fingerprint(tokenizer),
+        "max_length": max_length,
+        "max_target_length": max_target_length,
+        **llm_cache_parts(spec, split, tokenizer),
+    }
+    training = split == "train"
+    fn_kwargs = {"spec": spec, "tokenizer": tokenizer, "max_length": max_length,
+                 "max_target_length": max_target_length, "training": training}
+    encoded = _cached_map(ds, encode_llm_batch, fn_kwargs, key_parts, spec.name, split, cache_dir)
+    if training and spec.packing:
+        encoded = _cached_map(encoded, pack_rows, {"max_length": max_length}, {**key_parts, "packed": True},
+                              spec.name, split, cache_dir, tag="-pack")
+    return encoded

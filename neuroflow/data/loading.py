@@ -2,7 +2,8 @@
 
 The result of `load_task` is a `datasets.DatasetDict` with our three splits (`train`,
 `validation`, `test`) and canonical columns: `text` (+ `text_pair`) or `image`, and `label` (an
-index of `label_names`). Everything downstream (tokenization, collation) reads only these.
+index of `label_names`); causal-LM kinds get `prompt` and `target` or `choices` instead of the
+text columns (`neuroflow.data.prompts`). Everything downstream (tokenization, collation) reads only these.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import datasets
 import numpy as np
 
 from neuroflow.data.labels import map_labels
+from neuroflow.data.prompts import canonicalize_llm
 from neuroflow.data.readers import build_reader, find_reader
 from neuroflow.data.readers.base import Columns, is_local_path
 from neuroflow.data.splits import cap_indices, carve_splits
@@ -121,6 +123,8 @@ def canonicalize(spec: TaskSpec, table: Columns | datasets.Dataset, where: str) 
     Raises:
         ValueError: a missing column (with the available ones), non-text input or a bad label.
     """
+    if spec.is_llm:
+        return canonicalize_llm(spec, table, where)
     available = _column_names(table)
     needed = [*spec.text_columns, spec.label_column]
     needed += [c for c in (spec.text_pair_column, spec.image_column) if c]

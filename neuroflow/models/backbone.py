@@ -6,12 +6,21 @@ from typing import Any, Literal
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModel, AutoModelForSeq2SeqLM, PretrainedConfig
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM, PretrainedConfig
 
 from neuroflow.hub import resolve_model_path
 
-Family = Literal["auto", "encoder", "seq2seq", "vision"]
-FAMILIES = ("auto", "encoder", "seq2seq", "vision")
+Family = Literal["auto", "encoder", "seq2seq", "vision", "causal_lm"]
+FAMILIES = ("auto", "encoder", "seq2seq", "vision", "causal_lm")
+
+# Decoder-only model types, for configs saved without `architectures`; otherwise a checkpoint whose
+# architecture is a `...ForCausalLM` / `...LMHeadModel` is a causal LM too.
+CAUSAL_LM_MODEL_TYPES = {
+    "llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "gpt2", "gpt_neo", "gpt_neox",
+    "gptj", "gpt_bigcode", "codegen", "opt", "bloom", "falcon", "phi", "phi3", "gemma", "gemma2", "gemma3_text",
+    "olmo", "olmo2", "stablelm", "starcoder2", "mpt", "cohere", "granite", "smollm3",
+}
+_CAUSAL_ARCH_SUFFIXES = ("ForCausalLM", "LMHeadModel")
 
 # Config model types whose AutoModel takes `pixel_values`. A vision model outside this list still
 # works with `family: vision` written explicitly.
@@ -22,8 +31,19 @@ VISION_MODEL_TYPES = {
 }
 
 
+def is_causal_lm_config(config: PretrainedConfig) -> bool:
+    """Whether a config describes a decoder-only language model."""
+    if getattr(config, "is_encoder_decoder", False):
+        return False
+    architectures = getattr(config, "architectures", None) or []
+    if architectures:
+        return any(a.endswith(_CAUSAL_ARCH_SUFFIXES) for a in architectures) or (
+            config.model_type in CAUSAL_LM_MODEL_TYPES)
+    return config.model_type in CAUSAL_LM_MODEL_TYPES
+
+
 def resolve_family(config: PretrainedConfig, family: str = "auto") -> str:
-    """The concrete family (`encoder`, `seq2seq` or `vision`) of a model config.
+    """The concrete family (`encoder`, `seq2seq`, `vision` or `causal_lm`) of a model config.
 
     Args:
         config: the backbone's Hugging Face config.
@@ -37,7 +57,16 @@ def resolve_family(config: PretrainedConfig, family: str = "auto") -> str:
     is_seq2seq = bool(getattr(config, "is_encoder_decoder", False))
     is_vision = config.model_type in VISION_MODEL_TYPES
     if family == "auto":
-        return "seq2seq" if is_seq2seq else "vision" if is_vision else "encoder"
+        if is_seq2seq:
+            return "seq2seq"
+        if is_vision:
+            return "vision"
+        return "causal_lm" if is_causal_lm_config(config) else "encoder"
+    if family == "causal_lm" and (is_seq2seq or is_vision):
+        raise ValueError(
+            f"family 'causal_lm' needs a decoder-only language model, but {config.model_type!r} is "
+            f"{'an encoder-decoder' if is_seq2seq else 'a vision'} model"
+        )
     if family == "seq2seq" and not is_seq2seq:
         raise ValueError(
             f"family 'seq2seq' needs an encoder-decoder model, but {config.model_type!r} is not one"
@@ -57,8 +86,9 @@ def load_backbone(
 
     Args:
         name_or_path: a local folder, a hub id, or `pkg://<module>` (see `neuroflow.hub`).
-        family: `auto`, `encoder` (AutoModel), `seq2seq` (AutoModelForSeq2SeqLM) or `vision`
-            (AutoModel; `CLIPVisionModel`/`SiglipVisionModel` for CLIP/SigLIP configs).
+        family: `auto`, `encoder` (AutoModel), `seq2seq` (AutoModelForSeq2SeqLM), `vision`
+            (AutoModel; `CLIPVisionModel`/`SiglipVisionModel` for CLIP/SigLIP configs) or
+            `causal_lm` (AutoModelForCausalLM).
         **kwargs: passed to `from_pretrained` (e.g. `dtype`, `revision`, `attn_implementation`).
     """
     path = resolve_model_path(name_or_path)
@@ -66,6 +96,8 @@ def load_backbone(
     family = resolve_family(config, family)
     if family == "seq2seq":
         model = AutoModelForSeq2SeqLM.from_pretrained(path, **kwargs)
+    elif family == "causal_lm":
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     elif family == "vision" and config.model_type == "clip":
         from transformers import CLIPVisionModel
 

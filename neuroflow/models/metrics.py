@@ -88,10 +88,20 @@ class TaskMetrics(Metric):
         # The evaluation loss lives in the metric's state too, so that it is reduced exactly like
         # the counts (a per-step `self.log(sync_dist=True)` would need the same keys on every rank).
         self.add_state("loss_sum", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        # Examples whose logits held NaN/Inf: the module raises at the end of the stage (on every
+        # process at once, after the sync) instead of scoring them as wrong predictions.
+        self.add_state("nonfinite", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
 
-    def update(self, preds: torch.Tensor, target: torch.Tensor, loss: torch.Tensor | float | None = None) -> None:
-        """Add predictions (class indices, -1 or out-of-range = invalid), targets and optionally the
-        batch's mean loss (weighted by the batch size)."""
+    def update(
+        self,
+        preds: torch.Tensor,
+        target: torch.Tensor,
+        loss: torch.Tensor | float | None = None,
+        nonfinite: torch.Tensor | int | None = None,
+    ) -> None:
+        """Add predictions (class indices, -1 or out-of-range = invalid), targets, optionally the
+        batch's mean loss (weighted by the batch size) and the number of examples whose logits were
+        not finite."""
         preds = preds.detach().long().flatten()
         target = target.detach().long().flatten().to(preds.device)
         if target.numel() and (target.min() < 0 or target.max() >= self.num_classes):
@@ -108,6 +118,8 @@ class TaskMetrics(Metric):
             # Stays on the device: a `float()` here would stall every GPU evaluation step.
             loss = torch.as_tensor(loss, device=self.loss_sum.device).detach().to(self.loss_sum.dtype)
             self.loss_sum += loss * target.numel()
+        if nonfinite is not None:
+            self.nonfinite += torch.as_tensor(nonfinite, device=self.nonfinite.device).detach().to(self.nonfinite.dtype)
 
     def compute(self) -> dict[str, torch.Tensor]:
         cm = self.confusion
@@ -128,4 +140,5 @@ class TaskMetrics(Metric):
         # from this count, never from the local one (ranks would disagree and hang the next sync).
         out["num_examples"] = cm.sum()
         out["loss"] = (self.loss_sum / cm.sum() if cm.sum() > 0 else torch.zeros((), dtype=cm.dtype)).to(torch.float32)
+        out["num_nonfinite"] = self.nonfinite
         return out

@@ -1,35 +1,47 @@
-"""`MultiTaskModule`: one Hugging Face backbone, a head per task, per-task metrics.
+"""`MultiTaskModule`: one Hugging Face backbone, a head per task (or the shared LM head), per-task metrics.
 
 An expert is this module with one task. The merge side (`neuroflow.evaluation.MergeModule`)
-builds it with the experts' heads and a merged backbone and reuses its evaluation steps.
+builds it with the experts' heads and a merged backbone and reuses its evaluation steps. The
+module orchestrates: what each task kind does in a step lives in `TaskSteps` classes
+(`steps_classification`, `llm_scoring`), metric reduction in `stage_metrics`, the weights API in
+`backbone_weights`.
 """
 
 from __future__ import annotations
 
 import inspect
-import math
 from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
-from torch.nn import functional as F
 
 from neuroflow.data.task_spec import TaskSpec
-from neuroflow.models.backbone import Family, dedupe_tied, hidden_size_of, load_backbone, tied_aliases
+from neuroflow.models.backbone import Family, hidden_size_of, load_backbone
+from neuroflow.models.backbone_weights import backbone_state_keys, load_plain_backbone_state, plain_backbone_state
+from neuroflow.models.causal_lm import causal_lora_config, enable_gradient_checkpointing, load_lm_tokenizer
 from neuroflow.models.heads import ClassificationHead, Pooling
-from neuroflow.models.lora import apply_lora, is_peft_model, plain_state_dict, plain_to_peft_keys, unwrap_peft
-from neuroflow.models.metrics import TaskMetrics
-from neuroflow.models.optim import AdamW, LinearWarmup
+from neuroflow.models.llm_scoring import GenerationSteps, MultipleChoiceSteps
+from neuroflow.models.lora import apply_lora, unwrap_peft
+from neuroflow.models.optim import AdamW, LinearWarmup, optimizers_config
+from neuroflow.models.optim import parameter_groups as build_parameter_groups
+from neuroflow.models.stage_metrics import StageResults, stage_results
+from neuroflow.models.steps_classification import ClassificationSteps, Text2TextSteps, encode_features
+from neuroflow.models.task_steps import TaskSteps
 from neuroflow.models.verbalizer import Verbalizer
 
 _KIND_FAMILIES = {
     "text_classification": ("encoder", "seq2seq"),
     "text2text": ("seq2seq",),
     "image_classification": ("vision",),
+    "instruction": ("causal_lm",),
+    "multiple_choice": ("causal_lm",),
+    "generation": ("causal_lm",),
 }
+_HEADLESS_HINT = (" (a causal LM has no classification head: cast the task as `kind: multiple_choice` over its "
+                  "label names, or load the backbone with `family: encoder`)")
+_DECODER_HINT = " (the causal-LM kinds need a decoder-only model such as LLaMA, Mistral, Qwen2 or GPT-2)"
 STAGES = ("val", "test")
 
 
@@ -68,9 +80,11 @@ class MultiTaskModule(LightningModule):
             pass `datamodule.task_specs`.
         family: `auto` (from the model config), `encoder` (AutoModel), `seq2seq`
             (AutoModelForSeq2SeqLM; text2text tasks use its LM head, classification tasks a head on
-            the encoder) or `vision` (AutoModel; CLIPVisionModel for CLIP configs).
+            the encoder), `vision` (AutoModel; CLIPVisionModel for CLIP configs) or `causal_lm`
+            (AutoModelForCausalLM; instruction, multiple_choice and generation tasks, no heads).
         lora: LoraConfig arguments (e.g. `{r: 8, lora_alpha: 16, target_modules: [query, value]}`)
             to train LoRA adapters instead of the full backbone; heads are always fully trained.
+            For causal LMs `target_modules` defaults to the architecture's projections.
         pooling: how classification heads pool token features: `cls`, `mean` or `pooler`.
         head_dropout: dropout before each head's linear layer.
         optimizer: optimizer class or callable taking parameter groups (default: AdamW, lr 2e-5).
@@ -78,9 +92,13 @@ class MultiTaskModule(LightningModule):
             (default: linear warm-up over 6% of the steps, then linear decay).
         scheduler_interval: whether the scheduler steps every optimizer `step` or every `epoch`.
         head_lr: learning rate of the (newly initialised) heads; None = the optimizer's.
-        max_new_tokens: generation length for text2text predictions; None = longest target + 2.
-        text2text_tokenizer: tokenizer for decoding text2text predictions; None = the backbone's.
+        max_new_tokens: generation length for text2text predictions; None = longest target + 2
+            (causal-LM tasks use their spec's `max_new_tokens`).
+        text2text_tokenizer: tokenizer for decoding generated text (text2text and causal-LM
+            tasks); None = the backbone's.
         backbone_kwargs: extra `from_pretrained` arguments (`dtype`, `revision`, ...).
+        gradient_checkpointing: recompute activations in the backward pass (less memory, about a
+            third more compute); for long causal-LM sequences.
     """
 
     def __init__(
@@ -98,6 +116,7 @@ class MultiTaskModule(LightningModule):
         max_new_tokens: int | None = None,
         text2text_tokenizer: str | None = None,
         backbone_kwargs: dict[str, Any] | None = None,
+        gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         # Unpadded evaluation shards can leave a rank without any batch of a small task; the
@@ -115,6 +134,10 @@ class MultiTaskModule(LightningModule):
 
         model, self.family = load_backbone(backbone, family, **(backbone_kwargs or {}))
         self._check_task_kinds(specs)
+        if gradient_checkpointing:
+            enable_gradient_checkpointing(model)
+        if lora and self.family == "causal_lm":
+            lora = causal_lora_config(model, lora)
         self.backbone = apply_lora(model, lora) if lora else model
         self.hidden_size = hidden_size_of(unwrap_peft(self.backbone).config)
         pooler = getattr(self.hf_model, "pooler", None)
@@ -125,6 +148,11 @@ class MultiTaskModule(LightningModule):
 
         self.heads = nn.ModuleDict()
         self.verbalizers: dict[str, Verbalizer] = {}
+        self.lm_tokenizer: Any = None
+        self.steps: dict[str, TaskSteps] = {}
+        llm_tasks = [s.name for s in specs if s.is_llm]
+        if llm_tasks:
+            self.lm_tokenizer = load_lm_tokenizer(text2text_tokenizer or backbone, llm_tasks)
         tokenizer_obj = None
         for spec in specs:
             if spec.kind == "text2text":
@@ -135,16 +163,19 @@ class MultiTaskModule(LightningModule):
 
                     tokenizer_obj = AutoTokenizer.from_pretrained(resolve_model_path(text2text_tokenizer or backbone))
                 self.verbalizers[spec.name] = Verbalizer(spec.name, spec.targets, tokenizer_obj)
-            else:
+            elif not spec.is_llm:
                 self._add_module_key(self.heads, spec.name, ClassificationHead(
                     self.hidden_size, spec.num_labels, pooling, head_dropout))
+            if spec.kind not in self.steps:
+                self.steps[spec.kind] = _STEPS[spec.kind]()
         self.task_metrics = nn.ModuleDict()
         for stage in STAGES:
             per_task = nn.ModuleDict()
             for spec in specs:
-                self._add_module_key(per_task, spec.name, TaskMetrics(spec.num_labels, spec.metrics))
+                self._add_module_key(per_task, spec.name, self.steps[spec.kind].make_metric(spec))
             self.task_metrics[stage] = per_task
         self.last_metrics: dict[str, dict[str, float]] = {}
+        self.last_truncation: dict[str, dict[str, int]] = {}
         # `from_pretrained` returns eval mode, and Lightning keeps the modes it finds at fit start:
         # without this, dropout would be off while training.
         self.train()
@@ -158,7 +189,8 @@ class MultiTaskModule(LightningModule):
                 raise ValueError(
                     f"task {spec.name!r} is {spec.kind}, which needs model family "
                     f"{' or '.join(map(repr, allowed))}, but backbone {self.hparams.backbone!r} "
-                    f"is of family {self.family!r}"
+                    f"is of family {self.family!r} (task key `kind`, model key `family`)"
+                    f"{_HEADLESS_HINT if self.family == 'causal_lm' else _DECODER_HINT if spec.is_llm else ''}"
                 )
 
     @staticmethod
@@ -203,37 +235,12 @@ class MultiTaskModule(LightningModule):
     # ----------------------------------------------------------------- forward
     def encode(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """Backbone features of a classification batch: (hidden states, attention mask, pooler output)."""
-        model = self.hf_model
-        if self.family == "vision":
-            pixels = batch["pixel_values"]
-            channels = getattr(model.config, "num_channels", pixels.shape[1])
-            if pixels.shape[1] == 1 and channels == 3:  # grayscale data on an RGB backbone
-                pixels = pixels.expand(-1, 3, -1, -1)
-            kwargs: dict[str, Any] = {}
-            size = getattr(model.config, "image_size", None)
-            if "interpolate_pos_encoding" in self._forward_params and size not in (None, pixels.shape[-1]):
-                kwargs["interpolate_pos_encoding"] = True
-            out = model(pixel_values=pixels, **kwargs)
-            return out.last_hidden_state, None, getattr(out, "pooler_output", None)
-        mask = batch.get("attention_mask")
-        if self.family == "seq2seq":
-            out = model.get_encoder()(input_ids=batch["input_ids"], attention_mask=mask)
-            return out.last_hidden_state, mask, None
-        kwargs = {"input_ids": batch["input_ids"], "attention_mask": mask}
-        if "token_type_ids" in batch and "token_type_ids" in self._forward_params:
-            kwargs["token_type_ids"] = batch["token_type_ids"]
-        out = model(**kwargs)
-        return out.last_hidden_state, mask, getattr(out, "pooler_output", None)
+        return encode_features(self, batch)
 
     def forward(self, batch: dict[str, Any]) -> torch.Tensor:
         """Class logits of a classification batch (`batch["task"]` picks the head)."""
         hidden, mask, pooled = self.encode(batch)
         return self.head_for(batch["task"])(hidden, mask, pooled)
-
-    def _seq2seq_loss(self, batch: dict[str, Any]) -> torch.Tensor:
-        return self.hf_model(
-            input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"), labels=batch["labels"]
-        ).loss
 
     def _task_spec(self, batch: dict[str, Any]) -> TaskSpec:
         task = batch.get("task")
@@ -241,31 +248,18 @@ class MultiTaskModule(LightningModule):
             raise KeyError(f"batch task {task!r} is not one of the model's tasks {self.task_names}")
         return self.task_specs[task]
 
+    def _steps_for(self, batch: dict[str, Any]) -> TaskSteps:
+        return self.steps[self._task_spec(batch).kind]
+
     def evaluate_batch(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(loss, predicted class indices (-1 = no valid answer), target class indices)."""
-        spec = self._task_spec(batch)
-        if spec.kind == "text2text":
-            loss = self._seq2seq_loss(batch)
-            verbalizer = self.verbalizers[spec.name]
-            generated = self.hf_model.generate(
-                input_ids=batch["input_ids"],
-                attention_mask=batch.get("attention_mask"),
-                max_new_tokens=self.hparams.max_new_tokens or verbalizer.max_target_tokens + 2,
-                do_sample=False,
-                num_beams=1,
-            )
-            preds = torch.tensor(verbalizer.decode(generated), device=loss.device)
-            return loss, preds, batch["label_index"]
-        logits = self(batch)
-        loss = F.cross_entropy(logits.float(), batch["labels"])
-        return loss, logits.argmax(dim=-1), batch["labels"]
+        return self._steps_for(batch).evaluate(self, batch)[:3]
 
     # ----------------------------------------------------------------- steps
     def loss(self, batch: dict[str, Any]) -> torch.Tensor:
-        """Training loss of one batch: cross-entropy of the task head, or the seq2seq LM loss."""
-        if self._task_spec(batch).kind == "text2text":
-            return self._seq2seq_loss(batch)
-        return F.cross_entropy(self(batch).float(), batch["labels"])
+        """Training loss of one batch: the head's cross-entropy, or the (seq2seq / causal) LM loss
+        on the target tokens."""
+        return self._steps_for(batch).training_loss(self, batch)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss = self.loss(batch)
@@ -275,10 +269,7 @@ class MultiTaskModule(LightningModule):
         return loss
 
     def _eval_step(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
-        loss, preds, targets = self.evaluate_batch(batch)
-        task = batch["task"]
-        self.task_metrics[stage][task].update(preds, targets, loss.detach())
-        return loss
+        return self._steps_for(batch).eval_update(self, batch, self.task_metrics[stage][batch["task"]])
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
         return self._eval_step(batch, "val")
@@ -287,45 +278,29 @@ class MultiTaskModule(LightningModule):
         return self._eval_step(batch, "test")
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
-        _, preds, targets = self.evaluate_batch(batch)
-        return {"task": batch["task"], "preds": preds, "targets": targets}
+        return self._steps_for(batch).predict(self, batch)
 
     def compute_stage_metrics(self, stage: str) -> dict[str, float]:
         """Per-task and averaged metrics of `stage` (`{stage}/{task}/{metric}`, `{stage}/avg/...`)."""
         return self._stage_results(stage)[0]
 
     def _stage_results(self, stage: str) -> tuple[dict[str, float], dict[str, float]]:
-        """(metrics, losses) of `stage`. Metrics are exact sums over all processes; the losses
-        (`{stage}/{task}/loss`) are kept apart because their batch means round differently with
-        another number of processes."""
-        out: dict[str, float] = {}
-        losses: dict[str, float] = {}
-        per_metric: dict[str, list[float]] = {}
-        primaries: list[float] = []
-        for task, metric in self.task_metrics[stage].items():
-            # Every process computes every task (the call syncs); the count is the global one.
-            values = {k: float(v) for k, v in metric.compute().items()}
-            if values.pop("num_examples") == 0:
-                continue
-            losses[f"{stage}/{task}/loss"] = values.pop("loss")
-            for name, value in values.items():
-                out[f"{stage}/{task}/{name}"] = value
-                per_metric.setdefault(name, []).append(value)
-            primaries.append(values[self.task_specs[task].primary_metric])
-        for name, values in per_metric.items():
-            out[f"{stage}/avg/{name}"] = sum(values) / len(values)
-        if primaries:
-            out[f"{stage}/avg/score"] = sum(primaries) / len(primaries)
-        return out, losses
+        """(metrics, losses) of `stage`; see `neuroflow.models.stage_metrics`."""
+        results = self._stage_results_full(stage)
+        return results.metrics, results.losses
+
+    def _stage_results_full(self, stage: str) -> StageResults:
+        return stage_results(self.task_metrics[stage], self.task_specs, stage)
 
     def _log_stage(self, stage: str) -> None:
-        results, losses = self._stage_results(stage)
+        results = self._stage_results_full(stage)
         for metric in self.task_metrics[stage].values():
             metric.reset()
         if self.trainer.sanity_checking:
             return
-        self.last_metrics[stage] = results
-        for key, value in {**results, **losses}.items():
+        self.last_metrics[stage] = results.metrics
+        self.last_truncation[stage] = results.truncated
+        for key, value in {**results.metrics, **results.losses}.items():
             # Already reduced across processes by the metric's own sync.
             self.log(key, value, prog_bar=key.endswith("/avg/score"), add_dataloader_idx=False)
 
@@ -339,48 +314,23 @@ class MultiTaskModule(LightningModule):
     def parameter_groups(self) -> list[dict[str, Any]]:
         """Trainable parameters: backbone and heads, each split into decayed matrices and
         non-decayed vectors (biases, norms), heads at `head_lr` when set."""
-        groups: list[dict[str, Any]] = []
-        for part, lr in ((self.backbone, None), (self.heads, self.hparams.head_lr)):
-            params = [p for p in part.parameters() if p.requires_grad]
-            for decay in (True, False):
-                chosen = [p for p in params if (p.ndim >= 2) == decay]
-                if chosen:
-                    group: dict[str, Any] = {"params": chosen}
-                    if not decay:
-                        group["weight_decay"] = 0.0
-                    if lr is not None:
-                        group["lr"] = lr
-                    groups.append(group)
-        return groups
+        return build_parameter_groups([(self.backbone, None), (self.heads, self.hparams.head_lr)])
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(self.parameter_groups())
-        if self.scheduler_factory is None:
-            return optimizer
-        scheduler = self.scheduler_factory(optimizer)
-        if hasattr(scheduler, "set_total_steps"):
-            total = self.trainer.estimated_stepping_batches
-            if self.hparams.scheduler_interval == "epoch":
-                total = self.trainer.max_epochs
-            if total is None or not math.isfinite(total) or total < 1:
-                rank_zero_warn("cannot tell the number of training steps; the schedule will not decay")
-            else:
-                scheduler.set_total_steps(int(total))
-        config: dict[str, Any] = {"scheduler": scheduler, "interval": self.hparams.scheduler_interval}
-        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            config.update(monitor="val/avg/score", interval="epoch")
-        return {"optimizer": optimizer, "lr_scheduler": config}
+        return optimizers_config(optimizer, self.scheduler_factory, self.hparams.scheduler_interval, self.trainer)
 
     # ----------------------------------------------------------------- backbone weights
     def backbone_state_dict(self) -> dict[str, torch.Tensor]:
         """Backbone weights under plain Hugging Face names (LoRA adapters excluded, not merged),
         tied aliases dropped; detached tensors that share memory with the module."""
-        state = unwrap_peft(self.backbone).state_dict()
-        if is_peft_model(self.backbone):
-            state = plain_state_dict(state)
-        return {k: v.detach() for k, v in dedupe_tied(state).items()}
+        return plain_backbone_state(self.backbone)
 
-    @torch.no_grad()
+    def backbone_state_keys(self) -> dict[str, str]:
+        """Plain backbone name -> its key in this module's `state_dict()` (reads the backbone out of
+        a gathered full state dict, e.g. under FSDP)."""
+        return backbone_state_keys(self.backbone)
+
     def load_backbone_state_dict(self, state: dict[str, torch.Tensor], strict: bool = True) -> None:
         """Copy plain-named backbone weights into the model (into the base layers under LoRA).
 
@@ -391,22 +341,14 @@ class MultiTaskModule(LightningModule):
         Raises:
             ValueError: unknown keys, missing keys (strict) or shape mismatches, by name.
         """
-        mapping = plain_to_peft_keys(self.backbone)
-        target = unwrap_peft(self.backbone).state_dict()
-        unknown = sorted(k for k in state if k not in mapping)
-        if unknown:
-            raise ValueError(f"load_backbone_state_dict: keys not in the backbone: {unknown[:10]}"
-                             f"{' ...' if len(unknown) > 10 else ''}")
-        if strict:
-            plain = {k: target[v] for k, v in mapping.items()}
-            aliases = tied_aliases(plain)
-            missing = sorted(k for k in mapping if k not in state and aliases.get(k) not in state)
-            if missing:
-                raise ValueError(f"load_backbone_state_dict: missing keys {missing[:10]}"
-                                 f"{' ...' if len(missing) > 10 else ''}")
-        for key, value in state.items():
-            dest = target[mapping[key]]
-            if dest.shape != value.shape:
-                raise ValueError(f"load_backbone_state_dict: {key} has shape {tuple(value.shape)}, "
-                                 f"the backbone expects {tuple(dest.shape)}")
-            dest.copy_(value.to(dtype=dest.dtype, device=dest.device))
+        load_plain_backbone_state(self.backbone, state, strict)
+
+
+_STEPS: dict[str, type[TaskSteps]] = {
+    "text_classification": ClassificationSteps,
+    "image_classification": ClassificationSteps,
+    "text2text": Text2TextSteps,
+    "instruction": GenerationSteps,
+    "generation": GenerationSteps,
+    "multiple_choice": MultipleChoiceSteps,
+}

@@ -97,3 +97,56 @@ class LinearWarmup(LambdaLR):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.__dict__.update(state_dict)
+
+
+def parameter_groups(parts: list[tuple[torch.nn.Module, float | None]]) -> list[dict[str, Any]]:
+    """Trainable parameters of each part, split into decayed matrices and non-decayed vectors
+    (biases, norms); a part's learning rate (e.g. `head_lr`) applies to both of its groups.
+
+    Args:
+        parts: (module, learning rate or None for the optimizer's) pairs.
+    """
+    groups: list[dict[str, Any]] = []
+    for part, lr in parts:
+        params = [p for p in part.parameters() if p.requires_grad]
+        for decay in (True, False):
+            chosen = [p for p in params if (p.ndim >= 2) == decay]
+            if chosen:
+                group: dict[str, Any] = {"params": chosen}
+                if not decay:
+                    group["weight_decay"] = 0.0
+                if lr is not None:
+                    group["lr"] = lr
+                groups.append(group)
+    return groups
+
+
+def optimizers_config(optimizer: torch.optim.Optimizer, scheduler_factory: Any, interval: str, trainer: Any) -> Any:
+    """What `configure_optimizers` returns: the optimizer, with its scheduler when there is one.
+
+    Args:
+        optimizer: the built optimizer.
+        scheduler_factory: a callable taking the optimizer, or None for a constant rate.
+        interval: `step` or `epoch`.
+        trainer: the Trainer (`estimated_stepping_batches` / `max_epochs` size schedules with
+            `set_total_steps`; read only then).
+    """
+    import math
+
+    from lightning.pytorch.utilities import rank_zero_warn
+
+    if scheduler_factory is None:
+        return optimizer
+    scheduler = scheduler_factory(optimizer)
+    if hasattr(scheduler, "set_total_steps"):
+        total = trainer.estimated_stepping_batches
+        if interval == "epoch":
+            total = trainer.max_epochs
+        if total is None or not math.isfinite(total) or total < 1:
+            rank_zero_warn("cannot tell the number of training steps; the schedule will not decay")
+        else:
+            scheduler.set_total_steps(int(total))
+    config: dict[str, Any] = {"scheduler": scheduler, "interval": interval}
+    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        config.update(monitor="val/avg/score", interval="epoch")
+    return {"optimizer": optimizer, "lr_scheduler": config}
