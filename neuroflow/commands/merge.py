@@ -3,19 +3,22 @@
 The steps are the experts' `Merger` (a `MergedWeights` per method), `MergeModule` (evaluation),
 `neuroflow.merging.search` (the grid) and `neuroflow.evaluation.report` (the one report writer).
 
-Everything is written into a temporary sibling directory that is renamed into place only when the
-whole command succeeded, so a failure never leaves a partial output directory (and a previous
-result at the same place survives until the new one is complete). Under DDP every process runs the
-same sequence (merging is deterministic), only rank 0 writes.
+Everything is written into a temporary sibling directory (`neuroflow.atomic.make_temp_dir`, named
+after the process, so that the next run deletes what a killed merge left) that is swapped into
+place when the merged model is complete, so a failure never leaves a partial output directory (and
+a previous result at the same place survives until the new one is complete). The merged model is
+the product: when only its evaluation fails, it is still put in place, with the failure recorded
+in `merge_card.json` (`evaluation`) and `evaluation_error.txt`, and the command fails with
+`MergeEvaluationError`. Under DDP every process runs the same sequence (merging is
+deterministic), only rank 0 writes.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
-import uuid
+import traceback
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -24,11 +27,12 @@ from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 
 import neuroflow
-from neuroflow.atomic import replace_dir
+from neuroflow.atomic import atomic_write_json, atomic_write_text, make_temp_dir, replace_dir
 from neuroflow.evaluation.reference import REFERENCE_HELP, expert_reference
 from neuroflow.evaluation.merge_module import MergeModule
 from neuroflow.evaluation.merged_model import save_merged
 from neuroflow.experts.merger import MergedWeights
+from neuroflow.hub import model_reference
 from neuroflow.evaluation.report import (
     load_report,
     metrics_from_logged,
@@ -37,6 +41,13 @@ from neuroflow.evaluation.report import (
 )
 from neuroflow.merging import basis as basis_merge
 from neuroflow.merging.search import expand_grid, grid_search, with_params
+
+EVALUATION_ERROR = "evaluation_error.txt"
+
+
+class MergeEvaluationError(RuntimeError):
+    """The merged model was saved, but scoring it failed (see `evaluation_error.txt` next to it)."""
+
 
 def default_output_dir(model: MergeModule) -> Path:
     """`runs/merged/<method>` (`<method>_search` with a validation search)."""
@@ -130,11 +141,11 @@ def run_merge(
     if final.exists() and not _replaceable(final):
         # Only an earlier merge result is replaced; anything else at that path is the user's.
         raise FileExistsError(f"--output_dir {final} exists and is not a merged model directory; choose another path")
+    # Before any merge work: the evaluation data must be tokenized by the experts' own tokenizer.
+    if datamodule is not None:
+        model.check_data_tokenizer(datamodule)
     is_zero = trainer.is_global_zero
-    tmp = final.parent / f".{final.name}.tmp-{uuid.uuid4().hex[:8]}"
-    if is_zero:
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp.mkdir()
+    tmp = make_temp_dir(final) if is_zero else None
     timings: dict[str, float] = {}
     try:
         search_record = None
@@ -147,13 +158,16 @@ def run_merge(
         info = model.merge(progress=bar)
         bar.close()
         timings["merge_s"] = round(time.perf_counter() - start, 3)
+        base = model.expert_set.base_model
         card = {
             "name": model.report_name(),
             "method": {"class_path": info["class_path"], "init_args": model.method.hparams()},
             "merge_info": info,
             "search": search_record,
-            "base_model": model.expert_set.base_model,
+            "base_model": base,
             "base_fingerprint": model.base_fingerprint,
+            # `pkg://...` or a relative path means nothing elsewhere: where it resolved, and what.
+            "base_model_ref": model_reference(base, model.base_fingerprint),
             "experts_source": model.expert_set.source,
             "experts": model.expert_set.describe(),
             "exclude": model.exclude,
@@ -165,8 +179,13 @@ def run_merge(
             start = time.perf_counter()
             card = save_merged(model, tmp, card)
             timings["save_s"] = round(time.perf_counter() - start, 3)
-        report = None
-        if evaluate:
+    except BaseException:
+        if is_zero:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    report, failure = None, None
+    if evaluate:
+        try:
             start = time.perf_counter()
             trainer.test(model, datamodule=datamodule, verbose=False)
             timings["test_s"] = round(time.perf_counter() - start, 3)
@@ -174,16 +193,40 @@ def run_merge(
             extra = {"search": search_record} if search_record else None
             report = model.build_stage_report("test", reference=ref, extra=extra)
             report["timings"] = timings
-            if is_zero:
-                write_report(report, tmp)
-        if is_zero:
-            (tmp / "merge_card.json").write_text(json.dumps({**card, "timings": timings}, indent=2, default=str) + "\n")
-            _swap_into_place(tmp, final)
-            rank_zero_info(f"merged model written to {final}")
+        except BaseException as err:  # noqa: BLE001 (recorded, then raised again below)
+            failure = err
+    card["evaluation"] = _evaluation_record(evaluate, failure)
+    if is_zero:
+        # A failure to write the output itself (e.g. a full disk) is not an evaluation failure:
+        # then nothing is put in place, and an earlier result stays.
+        try:
             if report is not None:
-                print(render_markdown(report), end="")
-    except BaseException:
-        if is_zero:
+                write_report(report, tmp)
+            if failure is not None:
+                atomic_write_text(tmp / EVALUATION_ERROR, "".join(traceback.format_exception(failure)))
+            atomic_write_json(tmp / "merge_card.json", {**card, "timings": timings})
+            _swap_into_place(tmp, final)
+        except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            raise
+        rank_zero_info(f"merged model written to {final}")
+        if report is not None:
+            print(render_markdown(report), end="")
+    if failure is not None:
+        if not isinstance(failure, Exception):  # KeyboardInterrupt, SystemExit: as they are
+            raise failure
+        raise MergeEvaluationError(
+            f"the merged model was saved to {final}, but its evaluation failed: {type(failure).__name__}: "
+            f"{failure} (traceback in {final / EVALUATION_ERROR}; score it again with "
+            f"`python -m neuroflow test` and model neuroflow.evaluation.MergedModel, merged_dir {final})"
+        ) from failure
     return {**card, "timings": timings, "output_dir": str(final), "report": report}
+
+
+def _evaluation_record(evaluate: bool, failure: BaseException | None) -> dict[str, Any]:
+    """The merge card's `evaluation`: `ok`, `skipped` (`--evaluate false`) or `failed` (with why)."""
+    if not evaluate:
+        return {"status": "skipped"}
+    if failure is None:
+        return {"status": "ok"}
+    return {"status": "failed", "error": f"{type(failure).__name__}: {failure}", "details": EVALUATION_ERROR}

@@ -22,6 +22,7 @@ from torch import Tensor
 from neuroflow.data.task_spec import TaskSpec
 from neuroflow.experts.expert_set import ExpertSet
 from neuroflow.evaluation.report import build_report, metrics_from_logged, write_report
+from neuroflow.evaluation.tokenizer_check import fill_or_check_tokenizer
 from neuroflow.experts.artifacts import load_expert_head
 from neuroflow.models.multitask_module import MultiTaskModule, as_task_specs
 
@@ -64,6 +65,21 @@ class StageReports:
 
     report_kind = "model"
     report_dir: str | None = None
+    tokenizer_owner = "the evaluated model"
+
+    def check_data_tokenizer(self, datamodule: Any) -> None:
+        """Fill the data's tokenizer from this model's backbone where unset; refuse another one
+        (`fill_or_check_tokenizer`). Checked once per data module."""
+        if datamodule is None or getattr(self, "_tokenizer_checked", None) is datamodule:
+            return
+        fill_or_check_tokenizer(datamodule, self.hparams.backbone, self.tokenizer_owner)
+        self._tokenizer_checked = datamodule
+
+    def configure_callbacks(self) -> Any:
+        # The earliest module hook of a Trainer run: it comes before the DataModule prepares
+        # (tokenizes) the data, which must happen with the model's own tokenizer.
+        self.check_data_tokenizer(getattr(self.trainer, "datamodule", None))
+        return super().configure_callbacks()
 
     def report_name(self) -> str:
         return self.report_kind
@@ -129,6 +145,7 @@ class ExpertHeadsModule(StageReports, MultiTaskModule):
     """
 
     report_kind = "pretrained"
+    tokenizer_owner = "the experts' base"
 
     def __init__(
         self,

@@ -4,10 +4,15 @@ Layout of a merged directory (written by `python -m neuroflow merge`):
 
     backbone/            the merged backbone (`save_pretrained`, safetensors) + tokenizer/processor
     heads.safetensors    every task's head, keys `<task>.<param>`
-    merge_card.json      method, hyperparameters, experts, fingerprints, timings, heads, tasks
+    <task>/              the task as a plain Hugging Face classifier, where one is exactly equivalent
+                         (config + classifier weights + links into backbone/; see `hf_export`)
+    merge_card.json      method, hyperparameters, experts, fingerprints, timings, heads, tasks,
+                         `hf_models` (which tasks were exported, or why not), `evaluation`
     report.{json,md,png} the evaluation (unless `--evaluate false`)
+    evaluation_error.txt only when the evaluation failed (the model is kept)
 
-`backbone/` loads with plain `transformers.AutoModel.from_pretrained`.
+`backbone/` loads with plain `transformers.AutoModel.from_pretrained`, `<task>/` with
+`AutoModelForSequenceClassification.from_pretrained`.
 """
 
 from __future__ import annotations
@@ -19,8 +24,10 @@ from typing import Any
 from lightning.pytorch.utilities import rank_zero_warn
 from safetensors.torch import save_file
 
+from neuroflow.atomic import atomic_write_json
 from neuroflow.data.task_spec import TaskSpec
 from neuroflow.evaluation.expert_heads_module import Reference, StageReports, fill_module_hparams, task_names_of
+from neuroflow.evaluation.hf_export import export_task_models
 from neuroflow.experts.artifacts import load_head
 from neuroflow.experts.expert import head_ref
 from neuroflow.experts.fingerprint import fingerprint_state_dict
@@ -41,7 +48,7 @@ def save_merged(module: MultiTaskModule, out_dir: str | Path, card: dict[str, An
         module: the merged module (its current backbone weights and heads are written).
         out_dir: the directory to write into.
         card: what to record (method, experts, timings, ...); `heads`, `tasks`, `family`,
-            `merged_fingerprint` are added here.
+            `merged_fingerprint`, `hf_models` are added here.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -51,6 +58,7 @@ def save_merged(module: MultiTaskModule, out_dir: str | Path, card: dict[str, An
              for k, v in head.state_dict().items()}
     if heads:
         save_file(heads, str(out / HEADS))
+    hf_models = export_task_models(module, out, BACKBONE)
     card = {
         "format": CARD_FORMAT,
         **card,
@@ -59,8 +67,9 @@ def save_merged(module: MultiTaskModule, out_dir: str | Path, card: dict[str, An
         "tasks": [module.task_specs[t].to_dict() for t in module.task_names],
         "heads": {task: {"path": HEADS, "prefix": f"{task}.", "config": head.config()}
                   for task, head in module.heads.items()},
+        "hf_models": hf_models,
     }
-    (out / CARD).write_text(json.dumps(card, indent=2, default=str) + "\n")
+    atomic_write_json(out / CARD, card)
     return card
 
 
@@ -110,6 +119,7 @@ class MergedModel(StageReports, MultiTaskModule):
     """
 
     report_kind = "merged"
+    tokenizer_owner = "the merged model"
 
     def __init__(
         self,
