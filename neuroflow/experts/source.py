@@ -93,6 +93,25 @@ class ManifestExperts(ExpertSource):
     def describe(self, i: int) -> str:
         return self.experts[self.tasks[i]].describe()
 
+    def statistics(self, i: int, kind: str) -> Mapping[str, Tensor] | None:
+        """Expert `i`'s `kind` statistics (`<expert folder>/statistics/<kind>.safetensors`, written by
+        `python -m neuroflow stats`), read lazily tensor by tensor; None when it has none.
+
+        Args:
+            i: expert index.
+            kind: `regmean` or `fisher`.
+
+        Raises:
+            neuroflow.statistics.StatisticsMismatchError: the file was computed for another base,
+                another task set or an earlier version of the expert.
+        """
+        # Imported here: the statistics package builds on the experts package, not the reverse.
+        from neuroflow.statistics.files import KINDS, open_statistics
+
+        if kind not in KINDS:
+            return None
+        return open_statistics(self.experts[self.tasks[i]], kind)
+
     def weights(self, i: int) -> dict[str, Tensor]:
         """Expert `i`'s full backbone weights (`theta_0 + tau_i`; stored weights as they are), for
         evaluating the expert itself."""
