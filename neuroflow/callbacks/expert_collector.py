@@ -13,6 +13,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from neuroflow.experts.artifacts import SAVE_FORMATS, save_expert
 from neuroflow.experts.fingerprint import fingerprint_state_dict
+from neuroflow.models.gathered import GatheredModule, is_sharded_strategy
 
 
 class ExpertCollector(Callback):
@@ -21,6 +22,11 @@ class ExpertCollector(Callback):
     The weights come from the best checkpoint of the `ModelCheckpoint` that monitors the same
     metric (loaded with `weights_only=True`; the module keeps them afterwards), else from the
     final state. Only global rank 0 writes. Several fits may share one `experts_dir`.
+
+    Under a sharding strategy (FSDP, DeepSpeed, ModelParallel) no process holds the weights: the
+    expert is then written from the full state dict, gathered on rank 0 (the best checkpoint when
+    it is a full-state-dict file, else `strategy.lightning_module_state_dict()`), and the module
+    keeps its final weights.
 
     Args:
         experts_dir: the shared experts directory (created if needed).
@@ -55,6 +61,7 @@ class ExpertCollector(Callback):
         self.entry: dict[str, Any] | None = None
         self._base_state: dict[str, torch.Tensor] | None = None
         self._base_fingerprint: str | None = None
+        self._state_keys: dict[str, str] | None = None
 
     @property
     def state_key(self) -> str:
@@ -72,16 +79,26 @@ class ExpertCollector(Callback):
             return
         if not hasattr(pl_module, "backbone_state_dict"):
             raise TypeError(f"ExpertCollector needs a neuroflow MultiTaskModule, got {type(pl_module).__name__}")
+        state_dict_type = getattr(trainer.strategy, "_state_dict_type", "full")
+        if is_sharded_strategy(trainer.strategy) and state_dict_type != "full":
+            raise ValueError(
+                f"ExpertCollector: the strategy saves {state_dict_type!r} state dicts; an expert needs the full "
+                "weights on rank 0: set the strategy's state_dict_type to 'full' (configs/trainer/fsdp.yaml)"
+            )
         if trainer.is_global_zero:
             self.experts_dir.mkdir(parents=True, exist_ok=True)
             if not os.access(self.experts_dir, os.W_OK):
                 raise PermissionError(f"ExpertCollector: cannot write to experts_dir {self.experts_dir}")
-        # `setup` runs before a `ckpt_path` checkpoint is restored, so these are the pre-trained
-        # weights even when a fit resumes.
+        # `setup` runs before a `ckpt_path` checkpoint is restored and before a sharding strategy
+        # wraps the module, so these are the whole pre-trained weights even when a fit resumes.
+        # Only rank 0 writes, so only rank 0 keeps a copy (a 7B base is 28 GB per process).
+        if not trainer.is_global_zero:
+            return
         base = pl_module.backbone_state_dict()
         self._base_fingerprint = fingerprint_state_dict(base)
         needs_base = self.save_format == "task_vector" and not pl_module.hparams.get("lora")
         self._base_state = {k: v.detach().to("cpu", copy=True) for k, v in base.items()} if needs_base else None
+        self._state_keys = pl_module.backbone_state_keys() if hasattr(pl_module, "backbone_state_keys") else None
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.sanity_checking:
@@ -114,17 +131,27 @@ class ExpertCollector(Callback):
         best = self._best_checkpoint(trainer)
         checkpoint = best.best_model_path if best is not None else None
         metrics = self.last_metrics
+        sharded = is_sharded_strategy(trainer.strategy)
+        gathered: dict[str, torch.Tensor] | None = None
         if best is not None:
-            state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
-            pl_module.load_state_dict(state)
             metrics = self.best_metrics or {self.monitor: float(best.best_model_score)}
+            if not sharded:
+                state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+                pl_module.load_state_dict(state)
+            elif trainer.is_global_zero:
+                # A full-state-dict checkpoint of a sharded fit already holds every weight.
+                gathered = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+        elif sharded:
+            # A collective call: every rank takes part, rank 0 receives the whole state dict.
+            gathered = trainer.strategy.lightning_module_state_dict()
         if trainer.is_global_zero:
             config = self.run_config if self.run_config is not None else {"model": _plain(dict(pl_module.hparams))}
+            source = pl_module if gathered is None else GatheredModule(pl_module, gathered, self._state_keys)
             self.entry = save_expert(
                 self.experts_dir,
-                pl_module,
+                source,
                 base_state=self._base_state,
-                base_fingerprint=self._base_fingerprint or fingerprint_state_dict(pl_module.backbone_state_dict()),
+                base_fingerprint=self._base_fingerprint or fingerprint_state_dict(source.backbone_state_dict()),
                 save_format=self.save_format,
                 name=self.name,
                 metrics=metrics,
