@@ -22,6 +22,7 @@ from torch import Tensor
 from neuroflow.data.task_spec import TaskSpec
 from neuroflow.experts.expert_set import ExpertSet
 from neuroflow.evaluation.report import build_report, metrics_from_logged, write_report
+from neuroflow.evaluation.report_stats import confusions_of
 from neuroflow.evaluation.tokenizer_check import fill_or_check_tokenizer
 from neuroflow.experts.artifacts import load_expert_head
 from neuroflow.models.multitask_module import MultiTaskModule, as_task_specs
@@ -81,6 +82,20 @@ class StageReports:
         self.check_data_tokenizer(getattr(self.trainer, "datamodule", None))
         return super().configure_callbacks()
 
+    def _keep_confusions(self, stage: str) -> None:
+        # Before the module's own epoch end computes and resets the metrics: the counts give
+        # the report each task's number of examples and 95% interval.
+        if not self.trainer.sanity_checking:
+            self.last_confusions = {**getattr(self, "last_confusions", {}), stage: confusions_of(self, stage)}
+
+    def on_validation_epoch_end(self) -> None:
+        self._keep_confusions("val")
+        super().on_validation_epoch_end()
+
+    def on_test_epoch_end(self) -> None:
+        self._keep_confusions("test")
+        super().on_test_epoch_end()
+
     def report_name(self) -> str:
         return self.report_kind
 
@@ -122,6 +137,7 @@ class StageReports:
             split="test" if stage == "test" else "validation",
             model=self.report_model_info(),
             extra={"run": run, **(extra or {})},
+            confusions=getattr(self, "last_confusions", {}).get(stage),
         )
 
     def on_test_end(self) -> None:

@@ -2,8 +2,10 @@
 
 A report scores one evaluated model (a merged model, the experts, or the pre-trained backbone) on
 every task and relates it to the task's expert: the *normalized score* of a task is the model's
-primary metric divided by the expert's (1.0 = as good as the expert). Several runs' reports combine
-into one table:
+primary metric divided by the expert's (1.0 = as good as the expert). Each task also records its
+number of examples `n` and a 95% interval of the primary metric (`report_stats`), and reports warn
+where the scale misleads (a merge above its expert, an expert no better than the pre-trained
+backbone). Several runs' reports combine into one table:
 
     python -m neuroflow.evaluation.report combine runs/merged/neuromerging runs/merged/ties --out runs/report
 """
@@ -20,6 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from neuroflow.atomic import atomic_write
+from neuroflow.evaluation.report_stats import (
+    above_one_warnings,
+    mean_interval,
+    scaled,
+    task_interval,
+    weak_expert_warnings,
+)
 from neuroflow.merging.search import normalized_score  # noqa: F401 (re-exported)
 
 REPORT_FORMAT = "neuroflow-report/1"
@@ -72,6 +81,7 @@ def build_report(
     split: str = "test",
     model: Mapping[str, Any] | None = None,
     extra: Mapping[str, Any] | None = None,
+    confusions: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Assemble the report dictionary (the content of `report.json`).
 
@@ -84,8 +94,11 @@ def build_report(
         split: the evaluated split (`test` or `validation`).
         model: what was evaluated (kind, method, hyperparameters, paths), stored as is.
         extra: more top-level entries (e.g. the validation search), stored as is.
+        confusions: task -> confusion matrix `cm[target][pred]` of the evaluated model (see
+            `report_stats.confusions_of`): gives each task's `n` and 95% `interval`.
     """
     expert_metrics = expert_metrics or {}
+    confusions = confusions or {}
     expert_source = expert_source or {}
     tasks: dict[str, Any] = {}
     for task, values in task_metrics.items():
@@ -93,12 +106,19 @@ def build_report(
         if metric not in values:
             raise KeyError(f"task {task!r}: primary metric {metric!r} not among {sorted(values)}")
         expert = dict(expert_metrics.get(task, {}))
+        confusion = confusions.get(task)
+        interval = task_interval(metric, float(values[metric]), confusion)
+        normalized = normalized_score(values[metric], expert.get(metric))
+        bounds = scaled(interval, expert.get(metric)) if normalized is not None else None
         tasks[task] = {
             "primary_metric": metric,
             "metrics": {k: float(v) for k, v in values.items()},
             "expert": {k: float(v) for k, v in expert.items()},
             "expert_source": expert_source.get(task) if expert else None,
-            "normalized": normalized_score(values[metric], expert.get(metric)),
+            "normalized": normalized,
+            "n": int(round(sum(map(sum, confusion)))) if confusion is not None else None,
+            "interval": interval,
+            "normalized_interval": list(bounds) if bounds else None,
         }
     metric_names = sorted({m for entry in tasks.values() for m in entry["metrics"]})
     average = {
@@ -108,6 +128,9 @@ def build_report(
         "normalized": _mean([e["normalized"] for e in tasks.values()]),
         "normalized_tasks": sum(e["normalized"] is not None for e in tasks.values()),
     }
+    kept = [(e["normalized"], e["normalized_interval"]) for e in tasks.values() if e["normalized"] is not None]
+    bounds = mean_interval(kept)
+    average["normalized_interval"] = list(bounds) if bounds else None
     report: dict[str, Any] = {
         "format": REPORT_FORMAT,
         "name": name,
@@ -129,26 +152,31 @@ def _fmt(value: float | None, percent: bool = True) -> str:
 
 def render_markdown(report: Mapping[str, Any]) -> str:
     """One report as a Markdown table (metrics in %, normalized score as a ratio)."""
-    lines = [
-        f"# {report['name']} ({report['split']})",
-        "",
-        "| task | metric | model | expert | normalized |",
-        "|---|---|---|---|---|",
+    lines = [f"# {report['name']} ({report['split']})", ""]
+    lines += _warning_lines(report.get("warnings") or report_warnings(report))
+    lines += [
+        "| task | metric | model | expert | normalized | n | model 95% | normalized 95% |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for task, entry in report["tasks"].items():
         for metric, value in entry["metrics"].items():
             is_primary = metric == entry["primary_metric"]
+            stats = (f" {_count(entry.get('n'))} | {_bounds(entry.get('interval'))} | "
+                     f"{_bounds(entry.get('normalized_interval'), percent=False)} |") if is_primary else " | | |"
             lines.append(
                 f"| {task} | {metric}{' *' if is_primary else ''} | {_fmt(value)} | "
                 f"{_fmt(entry['expert'].get(metric))} | "
-                f"{_fmt(entry['normalized'], percent=False) if is_primary else ''} |"
+                f"{_fmt(entry['normalized'], percent=False) if is_primary else ''} |{stats}"
             )
     avg = report["average"]
+    total = [e.get("n") for e in report["tasks"].values()]
     lines.append(
         f"| **average** | primary | {_fmt(avg['score'])} | {_fmt(avg['expert_score'])} | "
-        f"{_fmt(avg['normalized'], percent=False)} |"
+        f"{_fmt(avg['normalized'], percent=False)} | {_count(sum(total) if None not in total else None)} | | "
+        f"{_bounds(avg.get('normalized_interval'), percent=False)} |"
     )
-    lines += ["", "`*` primary metric; normalized = model / expert on the primary metric."]
+    lines += ["", "`*` primary metric; normalized = model / expert on the primary metric; n = examples; "
+              "95% intervals: Wilson (accuracy) or bootstrap (F1, MCC), the expert's score taken as fixed."]
     search = report.get("search")
     if search:
         lines += ["", "## Validation search", "", "| candidate | avg normalized (val) |", "|---|---|"]
@@ -158,24 +186,48 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _bar_chart(groups: list[str], series: dict[str, list[float | None]], title: str, path: Path) -> None:
-    import matplotlib
+def _count(n: int | None) -> str:
+    return "-" if n is None else str(n)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    width = 0.8 / max(len(series), 1)
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(groups) * max(1, len(series)) ** 0.5), 4.0))
-    for i, (label, values) in enumerate(series.items()):
-        xs = [g + (i - (len(series) - 1) / 2) * width for g in range(len(groups))]
-        ax.bar(xs, [100 * v if v is not None else 0.0 for v in values], width, label=label)
-    ax.set_xticks(range(len(groups)), groups, rotation=30, ha="right")
-    ax.set_ylabel("primary metric (%)")
-    ax.set_title(title)
-    ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, format="png", dpi=100)
-    plt.close(fig)
+def _bounds(bounds: Any, percent: bool = True) -> str:
+    if not bounds:
+        return "-"
+    low, high = (bounds["low"], bounds["high"]) if isinstance(bounds, Mapping) else bounds
+    return f"{_fmt(low, percent)}-{_fmt(high, percent)}" if percent else f"{low:.3f}-{high:.3f}"
+
+
+def _warning_lines(warnings: list[Mapping[str, Any]]) -> list[str]:
+    return [f"> **Warning:** {w['message']}" for w in warnings] + ([""] if warnings else [])
+
+
+def report_warnings(report: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Where a report's normalized scores mislead (see `report_stats`): a merge above its expert
+    on a task; in a combined report also an expert not clearly better than the pre-trained row."""
+    if report.get("format") != COMBINED_FORMAT:
+        if report.get("model", {}).get("kind") != "merged":
+            return []
+        return above_one_warnings(report["name"], {
+            t: (e["normalized"], tuple(e["normalized_interval"]) if e.get("normalized_interval") else None)
+            for t, e in report["tasks"].items()})
+    kinds = {run["name"]: run.get("model", {}).get("kind") for run in report["runs"]}
+    out: list[dict[str, Any]] = []
+    for name, kind in kinds.items():
+        if kind == "merged":
+            out += above_one_warnings(name, {
+                t: (row["runs"][name]["normalized"], scaled(row["runs"][name].get("interval"), row["expert"]))
+                for t, row in report["tasks"].items() if name in row["runs"]})
+    pretrained = next((n for n, k in kinds.items() if k == "pretrained"), None)
+    experts = next((n for n, k in kinds.items() if k == "experts"), None)
+    if pretrained is not None:
+        rows = {}
+        for task, row in report["tasks"].items():
+            base, own = row["runs"].get(pretrained), row["runs"].get(experts) if experts else None
+            rows[task] = {"expert": row["expert"], "expert_interval": (own or {}).get("interval"),
+                          "pretrained": base["value"] if base else None,
+                          "pretrained_interval": base.get("interval") if base else None}
+        out += weak_expert_warnings(rows, pretrained)
+    return out
 
 
 def write_report(report: Mapping[str, Any], out_dir: str | Path) -> dict[str, Path]:
@@ -185,25 +237,18 @@ def write_report(report: Mapping[str, Any], out_dir: str | Path) -> dict[str, Pa
         report: a dictionary from `build_report` (or `combine_reports`).
         out_dir: the run's output directory (created if missing).
     """
+    from neuroflow.evaluation.report_chart import draw_report
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {kind: out / f"report.{kind}" for kind in ("json", "md", "png")}
+    # Recomputed on every write: a combined report may have been renormalized since it was built.
+    report = {**report, "warnings": report_warnings(report)}
     atomic_write(paths["json"], lambda p: p.write_text(json.dumps(report, indent=2) + "\n"))
     combined = report.get("format") == COMBINED_FORMAT
     markdown = render_combined_markdown(report) if combined else render_markdown(report)
     atomic_write(paths["md"], lambda p: p.write_text(markdown))
-    if combined:
-        groups, series, title = _combined_series(report)
-    else:
-        groups = list(report["tasks"]) + ["average"]
-        entries = list(report["tasks"].values())
-        avg = report["average"]
-        series = {
-            report["name"]: [e["metrics"][e["primary_metric"]] for e in entries] + [avg["score"]],
-            "expert": [e["expert"].get(e["primary_metric"]) for e in entries] + [avg["expert_score"]],
-        }
-        title = f"{report['name']} ({report['split']}): avg normalized {_fmt(avg['normalized'], False)}"
-    atomic_write(paths["png"], lambda p: _bar_chart(groups, series, title, p))
+    atomic_write(paths["png"], lambda p: draw_report(report, p, combined))
     return paths
 
 
@@ -250,7 +295,8 @@ def combine_reports(runs: list[str | Path]) -> dict[str, Any]:
             "primary_metric": primary,
             "expert": expert.get(primary),
             "runs": {
-                n: {"value": r["tasks"][task]["metrics"][primary], "normalized": r["tasks"][task]["normalized"]}
+                n: {"value": r["tasks"][task]["metrics"][primary], "normalized": r["tasks"][task]["normalized"],
+                    "n": r["tasks"][task].get("n"), "interval": r["tasks"][task].get("interval")}
                 for n, r in zip(names, reports)
                 if task in r["tasks"]
             },
@@ -271,35 +317,41 @@ def combine_reports(runs: list[str | Path]) -> dict[str, Any]:
 
 def render_combined_markdown(combined: Mapping[str, Any]) -> str:
     """A combined report as a Markdown table: primary metric in %, normalized score in brackets."""
+    from neuroflow.evaluation.report_chart import normalized_table
+
     names = [run["name"] for run in combined["runs"]]
-    lines = [
-        "| task | metric | expert | " + " | ".join(names) + " |",
-        "|---|---|---|" + "---|" * len(names),
+    lines = _warning_lines(combined.get("warnings") or report_warnings(combined))
+    lines += [
+        "| task | metric | expert | " + " | ".join(names) + " | n |",
+        "|---|---|---|" + "---|" * len(names) + "---|",
     ]
     for task, row in combined["tasks"].items():
         cells = []
         for n in names:
             run = row["runs"].get(n)
             cells.append("-" if run is None else f"{_fmt(run['value'])} ({_fmt(run['normalized'], False)})")
-        lines.append(f"| {task} | {row['primary_metric']} | {_fmt(row['expert'])} | " + " | ".join(cells) + " |")
+        counts = sorted({run.get("n") for run in row["runs"].values() if run.get("n") is not None})
+        lines.append(f"| {task} | {row['primary_metric']} | {_fmt(row['expert'])} | " + " | ".join(cells)
+                     + f" | {'/'.join(map(str, counts)) or '-'} |")
     avg = combined["average"]
     cells = [f"{_fmt(avg['runs'][n]['score'])} ({_fmt(avg['runs'][n]['normalized'], False)})" for n in names]
-    lines.append(f"| **average** | | {_fmt(avg['expert'])} | " + " | ".join(cells) + " |")
-    lines += ["", "Primary metric in %; in brackets the normalized score (model / expert)."]
+    lines.append(f"| **average** | | {_fmt(avg['expert'])} | " + " | ".join(cells) + " | |")
+    lines += ["", "Primary metric in %; in brackets the normalized score (model / expert); n = examples."]
+    table = normalized_table(combined)
+    lines += ["", "Normalized score with its 95% interval (Wilson for accuracy, bootstrap otherwise; "
+              "the expert's score taken as fixed; averages combine the tasks' intervals):", "",
+              "| model | " + " | ".join(table["tasks"]) + " | average |",
+              "|---|" + "---|" * (len(table["tasks"]) + 1)]
+    for row in table["rows"]:
+        cells = [_norm_cell(v, b) for v, b in zip(row["values"], row["bounds"])]
+        lines.append(f"| {row['name']} | " + " | ".join(cells) + f" | {_norm_cell(row['average'], row['average_bounds'])} |")
     return "\n".join(lines) + "\n"
 
 
-def _combined_series(combined: Mapping[str, Any]) -> tuple[list[str], dict[str, list[float | None]], str]:
-    groups = list(combined["tasks"]) + ["average"]
-    series: dict[str, list[float | None]] = {
-        "expert": [row["expert"] for row in combined["tasks"].values()] + [combined["average"]["expert"]]
-    }
-    for run in combined["runs"]:
-        n = run["name"]
-        series[n] = [
-            row["runs"][n]["value"] if n in row["runs"] else None for row in combined["tasks"].values()
-        ] + [combined["average"]["runs"][n]["score"]]
-    return groups, series, "primary metric per task"
+def _norm_cell(value: float | None, bounds: tuple[float, float] | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3f}" + (f" [{bounds[0]:.3f}, {bounds[1]:.3f}]" if bounds else "")
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 from neuroflow.evaluation.report import build_report, metrics_from_logged, write_report
+from neuroflow.evaluation.report_stats import confusions_of
 
 
 class ReportCallback(Callback):
@@ -23,6 +24,12 @@ class ReportCallback(Callback):
     def __init__(self, report_dir: str, name: str = "model") -> None:
         self.report_dir = report_dir
         self.name = name
+        self._confusions: dict[str, list[list[float]]] | None = None
+
+    def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # Callbacks run before the module's own epoch end, which computes and resets the metrics;
+        # every process takes part (the counts are summed across them).
+        self._confusions = confusions_of(pl_module, "test")
 
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not trainer.is_global_zero:
@@ -36,5 +43,6 @@ class ReportCallback(Callback):
             primary={t: pl_module.task_specs[t].primary_metric for t in tasks},
             model={"kind": self.name, "class": type(pl_module).__name__,
                    "ckpt_path": str(trainer.ckpt_path) if trainer.ckpt_path else None},
+            confusions=self._confusions,
         )
         write_report(report, self.report_dir)

@@ -72,6 +72,9 @@ def test_two_processes_equal_one_process(tiny_bert, trained_experts, shared_data
     for task in TASKS:
         assert reports[2]["tasks"][task]["metrics"] == reports[1]["tasks"][task]["metrics"]
         assert 0.0 < reports[1]["tasks"][task]["metrics"]["accuracy"] < 1.0  # padding would change it
+        # The counts behind n and the 95% interval are summed across processes too.
+        assert reports[2]["tasks"][task]["n"] == reports[1]["tasks"][task]["n"] == EVAL_EXAMPLES
+        assert reports[2]["tasks"][task]["interval"] == reports[1]["tasks"][task]["interval"] is not None
     assert reports[2]["average"] == reports[1]["average"]
     assert (reports[1]["run"]["world_size"], reports[2]["run"]["world_size"]) == (1, 2)
 
