@@ -319,7 +319,7 @@ def build_tiny_causal_lm(
     Args:
         path: output folder (created).
         arch: `llama`, `mistral`, `qwen2` (4 query / 2 key-value heads; Qwen2 with a tied LM
-            head) or `gpt2` (`Conv1D` layers, tied LM head).
+            head and a pad token) or `gpt2` (`Conv1D` layers, tied LM head).
         texts: tokenizer training sentences (e.g. `data_corpus()`); the built-in corpus when None.
         hidden_size: width of the model.
         num_layers: number of decoder layers.
@@ -328,7 +328,9 @@ def build_tiny_causal_lm(
     """
     from transformers import AutoModelForCausalLM
 
-    tokenizer = train_bpe_tokenizer(texts, vocab_size, "gpt2" if arch == "gpt2" else "llama")
+    # Qwen2 and GPT-2 tokenizers use one `<|endoftext|>` token and add no BOS (Qwen2's tokenizer
+    # class also pads with it); LLaMA and Mistral prepend `<s>` and have no pad token.
+    tokenizer = train_bpe_tokenizer(texts, vocab_size, "gpt2" if arch in ("gpt2", "qwen2") else "llama")
     config = _causal_config(arch, len(tokenizer), hidden_size, num_layers, tokenizer.bos_token_id,
                             tokenizer.eos_token_id)
     torch.manual_seed(seed)

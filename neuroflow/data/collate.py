@@ -8,26 +8,11 @@ from typing import Any
 import torch
 
 from neuroflow.data.image_transform import ImageTransform
+from neuroflow.data.llm_collate import collate_causal
 from neuroflow.data.llm_spec import LLM_KINDS
+from neuroflow.data.padding import LABEL_PAD, pad_sequences
 
-LABEL_PAD = -100  # ignored by cross-entropy, so padded target positions do not count
-
-
-def pad_sequences(
-    seqs: Sequence[Sequence[int]], value: int, side: str = "right", multiple_of: int | None = None
-) -> torch.Tensor:
-    """A LongTensor of the sequences padded to the longest (rounded up to `multiple_of`)."""
-    length = max((len(s) for s in seqs), default=0)
-    if multiple_of:
-        length = -(-length // multiple_of) * multiple_of
-    out = torch.full((len(seqs), length), value, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        if len(s):
-            if side == "left":
-                out[i, length - len(s):] = torch.as_tensor(s, dtype=torch.long)
-            else:
-                out[i, : len(s)] = torch.as_tensor(s, dtype=torch.long)
-    return out
+__all__ = ["LABEL_PAD", "MultiTaskCollator", "TaskCollator", "as_columns", "pad_sequences"]
 
 
 def as_columns(rows: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> Mapping[str, Any]:
@@ -73,8 +58,6 @@ class TaskCollator:
             batch["labels"] = torch.as_tensor(cols["label"], dtype=torch.long)
             return batch
         if self.kind in LLM_KINDS:
-            from neuroflow.data.llm_collate import collate_causal
-
             batch.update(collate_causal(cols, self.kind, self.pad_token_id, self.multiple))
             return batch
         pad = lambda key, value: pad_sequences(cols[key], value, self.padding_side, self.multiple)  # noqa: E731

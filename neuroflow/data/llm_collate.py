@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from neuroflow.data.collate import LABEL_PAD, pad_sequences
+from neuroflow.data.padding import LABEL_PAD, pad_sequences
 
 
 def _mask(seqs: list[list[int]], side: str, multiple_of: int | None) -> torch.Tensor:

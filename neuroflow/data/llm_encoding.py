@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from neuroflow.data.collate import LABEL_PAD
+from neuroflow.data.padding import LABEL_PAD
 from neuroflow.data.task_spec import TaskSpec
 
 

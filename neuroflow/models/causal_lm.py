@@ -60,20 +60,37 @@ def enable_gradient_checkpointing(model: nn.Module) -> None:
     still get gradients) and turn the KV cache off for training forwards."""
     if not getattr(model, "supports_gradient_checkpointing", False):
         raise ValueError(f"gradient_checkpointing: {type(model).__name__} does not support it")
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5 (the old name warns)
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:  # pragma: no cover - transformers 4
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if getattr(model, "config", None) is not None:
         model.config.use_cache = False
 
 
-def load_lm_tokenizer(path: str, tasks: list[str]) -> Any:
-    """The tokenizer that decodes generations, with a pad token (its EOS when it has none)."""
+def load_lm_tokenizer(path: str, tasks: list[str], model: nn.Module) -> Any:
+    """The tokenizer that decodes generations, with a pad token (its EOS when it has none).
+
+    Raises:
+        ValueError: the tokenizer has ids the model's embeddings do not have (e.g. a pad token the
+            tokenizer class added on loading), which would fail inside the first forward.
+    """
     from transformers import AutoTokenizer
 
     from neuroflow.data.pad_token import ensure_pad_token
     from neuroflow.hub import resolve_model_path
 
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(path))
-    return ensure_pad_token(tokenizer, tasks, where="model tokenizer")
+    tokenizer = ensure_pad_token(AutoTokenizer.from_pretrained(resolve_model_path(path)), tasks,
+                                 where="model tokenizer")
+    rows = model.get_input_embeddings().num_embeddings
+    ids = {n: getattr(tokenizer, f"{n}_token_id") for n in ("pad", "eos", "bos")}
+    outside = {n: i for n, i in ids.items() if i is not None and i >= rows}
+    if outside:
+        raise ValueError(
+            f"tasks {tasks}: tokenizer {path!r} has special token ids {outside} beyond the model's {rows} "
+            "embedding rows; use the model's own tokenizer (`text2text_tokenizer`, `data.tokenizer`)"
+        )
+    return tokenizer
 
 
 def causal_loss(model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:

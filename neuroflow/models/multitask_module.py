@@ -152,7 +152,7 @@ class MultiTaskModule(LightningModule):
         self.steps: dict[str, TaskSteps] = {}
         llm_tasks = [s.name for s in specs if s.is_llm]
         if llm_tasks:
-            self.lm_tokenizer = load_lm_tokenizer(text2text_tokenizer or backbone, llm_tasks)
+            self.lm_tokenizer = load_lm_tokenizer(text2text_tokenizer or backbone, llm_tasks, self.hf_model)
         tokenizer_obj = None
         for spec in specs:
             if spec.kind == "text2text":
