@@ -133,3 +133,52 @@ def test_next_merge_deletes_the_temporary_of_a_killed_one(trained_experts, tmp_p
     model = MergeModule(experts=str(trained_experts), method=TIES())
     quiet_trainer().merge(model, evaluate=False, output_dir=str(out))
     assert [p.name for p in tmp_path.iterdir()] == ["merged"]
+
+
+def test_cli_merge_whose_evaluation_fails_exits_non_zero_and_keeps_the_model(
+    trained_experts, tiny_bert, shared_data_dir, eval_cache, tmp_path
+):
+    import yaml
+
+    # A real user error that shows only after the merged model is scored: the experts' report
+    # given as --reference lacks one of the merged tasks.
+    partial = tmp_path / "experts_report"
+    partial.mkdir()
+    (partial / "report.json").write_text(json.dumps({
+        "format": "neuroflow-report/1", "name": "experts", "split": "test", "model": {"kind": "experts"},
+        "tasks": {"trec": {"primary_metric": "accuracy", "metrics": {"accuracy": 0.5}, "expert": {}}},
+        "average": {}}))
+    data = tmp_path / "data.yaml"
+    data.write_text(yaml.safe_dump({"class_path": "neuroflow.data.MultiTaskDataModule", "init_args": {
+        "tasks": ["trec", "sst2"], "data_dir": shared_data_dir, "tokenizer": tiny_bert, "max_length": 32,
+        "max_eval_examples": 41, "cache_dir": str(eval_cache)}}))
+    out = tmp_path / "merged"
+    config = tmp_path / "merge.yaml"
+    config.write_text(yaml.safe_dump({
+        "model": {"class_path": "neuroflow.evaluation.MergeModule",
+                  "init_args": {"experts": str(trained_experts), "method": {"class_path": "neuroflow.merging.TIES"}}},
+        "trainer": {"accelerator": "cpu", "logger": False, "enable_progress_bar": False,
+                    "default_root_dir": str(tmp_path / "root")},
+        "output_dir": str(out), "reference": str(partial)}))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    proc = subprocess.run([sys.executable, "-m", "neuroflow", "merge", "--config", str(config), "--data", str(data)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0, proc.stderr[-3000:]
+    assert "has no metrics for task(s) ['sst2']" in proc.stderr, proc.stderr[-3000:]
+    assert (out / "backbone" / "model.safetensors").is_file()
+    card = json.loads((out / "merge_card.json").read_text())
+    assert card["evaluation"]["status"] == "failed" and "['sst2']" in card["evaluation"]["error"]
+    assert not (out / "report.json").exists()
+
+
+def test_expert_artifacts_honour_the_umask(trained_experts):
+    umask = atomic.current_umask()
+    wrong = {}
+    for path in [*trained_experts.rglob("*")]:
+        if path.is_symlink() or path.name.endswith(".lock"):
+            continue
+        want = (0o777 if path.is_dir() else 0o666) & ~umask
+        if path.stat().st_mode & 0o777 != want:
+            wrong[str(path.relative_to(trained_experts))] = oct(path.stat().st_mode & 0o777)
+    assert not wrong, f"expert files not written with the umask's modes: {wrong}"
