@@ -39,3 +39,21 @@ def minilm_tokenizer(minilm_path: str):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(minilm_path)
+
+
+@pytest.fixture(scope="session")
+def causal_paths(tmp_path_factory) -> dict[str, str]:
+    """Tiny LLaMA (BOS, no pad token) and GPT-2 (no BOS, no pad token) folders with BPE tokenizers."""
+    from neuroflow.testing import build_tiny_causal_lm, data_corpus
+
+    root = tmp_path_factory.mktemp("tiny_causal_data")
+    corpus = data_corpus(REAL_DATA if REAL_DATA.is_dir() else None)
+    return {arch: str(build_tiny_causal_lm(root / arch, arch, corpus)) for arch in ("llama", "gpt2")}
+
+
+@pytest.fixture
+def llama_tokenizer(causal_paths):
+    """A fresh tokenizer per test (tests may set its pad token)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(causal_paths["llama"])
