@@ -25,6 +25,7 @@ from neuroflow.evaluation.report import build_report, metrics_from_logged, write
 from neuroflow.evaluation.report_stats import confusions_of
 from neuroflow.evaluation.tokenizer_check import fill_or_check_tokenizer
 from neuroflow.experts.artifacts import load_expert_head
+from neuroflow.hub import model_reference
 from neuroflow.models.multitask_module import MultiTaskModule, as_task_specs
 
 Reference = tuple[dict[str, dict[str, float]], dict[str, str]]
@@ -201,6 +202,8 @@ class ExpertHeadsModule(StageReports, MultiTaskModule):
             "kind": self.report_kind,
             "base_model": self.expert_set.base_model,
             "base_fingerprint": self.base_fingerprint,
+            # A `pkg://` name resolves only where that package is installed: where it was, and what.
+            "base_model_ref": model_reference(self.expert_set.base_model, self.base_fingerprint),
             "experts": self.expert_set.describe(),
         }
 

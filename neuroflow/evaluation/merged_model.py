@@ -162,7 +162,8 @@ class MergedModel(StageReports, MultiTaskModule):
 
     def report_model_info(self) -> dict[str, Any]:
         return {"kind": "merged", "merged_dir": self.merged_dir, "method": self.card.get("method"),
-                "base_model": self.card.get("base_model"), "experts": self.card.get("experts")}
+                "base_model": self.card.get("base_model"), "base_model_ref": self.card.get("base_model_ref"),
+                "experts": self.card.get("experts")}
 
     def reference_metrics(self, stage: str) -> Reference:
         """The experts' numbers the merge command recorded in this directory's report (same data);

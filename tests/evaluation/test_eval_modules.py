@@ -19,6 +19,9 @@ def test_pretrained_module_scores_base_with_expert_heads(direct, trained_experts
     for task in TASKS:
         assert report["tasks"][task]["metrics"]["accuracy"] == pytest.approx(expected[task], abs=1e-6)
     assert report["name"] == "pretrained" and report["model"]["kind"] == "pretrained"
+    # Examples behind each score, and the resolvable base (issue 13, items 19 and 6).
+    assert all(report["tasks"][t]["n"] == 41 and report["tasks"][t]["interval"]["method"] == "wilson" for t in TASKS)
+    assert report["model"]["base_model_ref"]["fingerprint"] == report["model"]["base_fingerprint"]
 
 
 def test_experts_module_scores_each_task_with_its_expert(direct, trained_experts, shared_data_dir, eval_cache, tmp_path):
