@@ -116,7 +116,7 @@ def _draw_single(report: Mapping[str, Any], path: Path) -> None:
     handles = [ax.axvline(1.0, color="black", lw=1, label="expert = 1")]
     if any(c == _ABOVE for c in colors):
         handles.append(Patch(color=_ABOVE, label="above its expert (see warnings)"))
-    ax.set_xlim(0, 1.3 * _upper(values, bounds))
+    ax.set_xlim(0, 1.45 * _upper(values, bounds))
     ax.set_title(f"{report['name']} ({report['split']}): normalized score per task, 95% interval", fontsize=10)
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     fig.tight_layout()
@@ -187,7 +187,7 @@ def _draw_combined(combined: Mapping[str, Any], path: Path) -> None:
         color, style = _LINE_STYLES[ref["kind"]]
         top.axvline(ref["average"], color=color, ls=style, lw=1.5,
                     label=f"{_REFERENCE_KINDS[ref['kind']]} ({ref['name']}): {ref['average']:.3f}")
-    top.set_xlim(0, 1.25 * _upper(values + [r["average"] for r in references], bounds + [None] * len(references)))
+    top.set_xlim(0, 1.45 * _upper(values + [r["average"] for r in references], bounds + [None] * len(references)))
     if not methods:
         top.text(0.5, 0.5, "no merged models in this report", ha="center", transform=top.transAxes)
     top.set_title("average normalized score per method (95% interval; a lead inside the bars' overlap is noise)",
