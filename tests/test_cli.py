@@ -61,6 +61,10 @@ def test_fit_writes_an_expert_and_resumes_from_last(tiny_bert, shared_data_dir, 
     with open(tmp_path / "logs" / "trec" / "metrics.csv") as handle:
         epochs = {row["epoch"] for row in csv.DictReader(handle)}
     assert epochs == {"1"}  # the resumed run trained epoch 1 only
+    # Each run's config is in the log dir; the resumed run's does not replace the first run's.
+    saved = tmp_path / "logs" / "trec"
+    assert yaml.safe_load((saved / "config.yaml").read_text())["trainer"]["max_epochs"] == 1
+    assert yaml.safe_load((saved / "config-1.yaml").read_text())["trainer"]["max_epochs"] == 2
 
 
 def test_lora_piece_overrides_the_model(tiny_bert, shared_data_dir, data_cache_dir, tmp_path):

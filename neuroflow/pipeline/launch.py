@@ -1,17 +1,24 @@
-"""Running one pipeline stage: writing its config and calling `python -m neuroflow <command>`."""
+"""Running one pipeline stage: writing its config, checking it, and calling `python -m neuroflow <command>`
+(in this process or a child), with the stage's output in its own log file and its own error message
+in the failure."""
 
 from __future__ import annotations
 
+import copy
+import logging
+import os
 import subprocess
 import sys
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Protocol
 
 import yaml
 
 from neuroflow.atomic import atomic_write_text
 from neuroflow.pipeline.plan import Stage
+from neuroflow.pipeline.recipe import RecipeError
+from neuroflow.pipeline.stage_log import tee_output
 
 
 class StageFailed(RuntimeError):
@@ -40,6 +47,22 @@ class Launcher(Protocol):
 
 
 EntryPoint = Callable[[list[str]], Any]
+# Checks one stage config as its command would parse it, without running: (command, config,
+# extra args) -> None, raising with a one-line message (`neuroflow.commands.cli.check_config`).
+Validator = Callable[[str, dict[str, Any], list[str]], None]
+
+
+def _reason(err: BaseException) -> str:
+    """A stage's own error in one line: the command's explained message when it has one."""
+    message = getattr(err, "message", None)
+    if message:
+        return str(message)
+    text = str(err).strip()
+    if isinstance(err, SystemExit):
+        return f"exited with {err.code}"
+    if len(text) > 2000:
+        text = text.splitlines()[0][:2000]
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
 def run_inprocess(stage: Stage, config_path: Path, log_path: Path, entry_point: EntryPoint) -> None:
@@ -48,33 +71,54 @@ def run_inprocess(stage: Stage, config_path: Path, log_path: Path, entry_point: 
     Args:
         stage: the stage to run.
         config_path: its written config.
-        log_path: unused here (the output goes to this process's streams).
+        log_path: the stage's log file: everything it prints or logs is copied there too.
         entry_point: `neuroflow.commands.cli.main`, handed in by the caller so that the pipeline
             never imports the command line that imports it.
     """
+    args = cli_args(stage, config_path)
     try:
-        entry_point(cli_args(stage, config_path))
-    except SystemExit as err:  # jsonargparse exits on config errors
+        with tee_output(log_path):
+            entry_point(args)
+    except SystemExit as err:  # a parse error (UsageError) or a command's own exit
         if err.code not in (0, None):
-            raise StageFailed(f"stage {stage.name}: `{' '.join(cli_args(stage, config_path))}` exited "
-                              f"with {err.code}") from err
+            raise StageFailed(f"stage {stage.name} ({config_path}) failed: {_reason(err)} "
+                              f"[`python -m neuroflow {' '.join(args)}`; log: {log_path}]") from err
     except Exception as err:
-        raise StageFailed(f"stage {stage.name} ({config_path}) failed: {type(err).__name__}: {err}") from err
+        raise StageFailed(f"stage {stage.name} ({config_path}) failed: {_reason(err)} [log: {log_path}]") from err
+
+
+def _error_line(lines: list[str]) -> str | None:
+    """The last `... error: ...` line a failed child printed (the command's one-line cause)."""
+    for line in reversed(lines):
+        if ": error: " in line or line.startswith("error: "):
+            return line.strip()
+    return None
 
 
 def run_subprocess(stage: Stage, config_path: Path, log_path: Path) -> None:
-    """Run the stage as `python -m neuroflow ...` in a child process, its output teed to a log."""
+    """Run the stage as `python -m neuroflow ...` in a child process, its output teed to a log.
+
+    The child logs at this process's level (`$NEUROFLOW_LOG_LEVEL`: `--quiet`/`--verbose` reach it).
+    """
     log_path.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "neuroflow", *cli_args(stage, config_path)]
+    env = dict(os.environ)
+    level = logging.getLogger("neuroflow").level
+    if level != logging.NOTSET:  # configured by the entry point (`--quiet`, `--verbose`)
+        env["NEUROFLOW_LOG_LEVEL"] = logging.getLevelName(level)
+    tail: list[str] = []
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, env=env)
         assert proc.stdout is not None
         for line in proc.stdout:
             sys.stdout.write(line)
             log.write(line)
+            tail = [*tail[-49:], line]
         code = proc.wait()
     if code != 0:
-        raise StageFailed(f"stage {stage.name}: `{' '.join(cmd)}` exited with {code}; log: {log_path}")
+        cause = _error_line(tail)
+        raise StageFailed(f"stage {stage.name} ({config_path}) failed: {cause or f'exited with {code}'} "
+                          f"[`{' '.join(cmd)}`; log: {log_path}]")
 
 
 def make_launcher(name: str, entry_point: EntryPoint | None) -> Launcher:
@@ -87,3 +131,29 @@ def make_launcher(name: str, entry_point: EntryPoint | None) -> Launcher:
                              "`neuroflow.commands.run.run_recipe` passes it, or use launcher='subprocess'")
         return lambda stage, config_path, log_path: run_inprocess(stage, config_path, log_path, entry_point)
     raise ValueError(f"unknown launcher {name!r}; choose inprocess or subprocess")
+
+
+def config_for_check(config: dict[str, Any]) -> dict[str, Any]:
+    """The config a stage check parses: task specs by name (the planner already built each one as
+    a `TaskSpec`; parsing them again per stage would cost seconds in a recipe of many stages)."""
+    out = copy.deepcopy(config)
+    init = (out.get("data") or {}).get("init_args") or {}
+    if isinstance(init.get("tasks"), list):
+        init["tasks"] = [t["name"] if isinstance(t, dict) and "name" in t else t for t in init["tasks"]]
+    return out
+
+
+def check_stages(stages: list[Stage], validator: Validator, where: str) -> None:
+    """Check every stage's config before anything runs (class paths, init args, merge methods).
+
+    Raises:
+        RecipeError: one line per stage that would fail, with that stage's own message.
+    """
+    problems = []
+    for stage in stages:
+        try:
+            validator(stage.command, config_for_check(stage.config), list(stage.extra_args))
+        except (Exception, SystemExit) as err:
+            problems.append(f"stage {stage.name}: {_reason(err)}")
+    if problems:
+        raise RecipeError(f"{where}: {len(problems)} stage config(s) would fail:\n  " + "\n  ".join(problems))

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
 
 from neuroflow.callbacks import ExpertCollector
 from neuroflow.data import MultiTaskDataModule
@@ -42,6 +43,7 @@ MODULE_CLASS = class_path(MultiTaskModule)
 DATA_CLASS = class_path(MultiTaskDataModule)
 COLLECTOR_CLASS = class_path(ExpertCollector)
 CHECKPOINT_CLASS = class_path(ModelCheckpoint)
+CSV_LOGGER_CLASS = class_path(CSVLogger)
 MERGE_CLASS = class_path(MergeModule)
 PRETRAINED_CLASS = class_path(PretrainedModule)
 EXPERTS_CLASS = class_path(ExpertsModule)
@@ -195,14 +197,16 @@ class Planner:
             model_init["lora"] = copy.deepcopy(training.lora)
         monitor = "val/avg/score" if len(tasks) > 1 else f"val/{tasks[0]}/{_primary(self.specs[tasks[0]])}"
         fit_dir = self.fit_dir(name)
-        trainer = {
+        trainer: dict[str, Any] = {
             "max_epochs": training.max_epochs,
             "max_steps": training.max_steps,
             "default_root_dir": str(fit_dir),
-            "logger": {
-                "class_path": "lightning.pytorch.loggers.CSVLogger",
-                "init_args": {"save_dir": str(fit_dir), "name": "logs"},
-            },
+        }
+        if "logger" not in training.trainer:
+            # A CSV log unless the recipe names a logger; the recipe's is passed as given (merged
+            # into this block, an MLFlowLogger would receive the CSVLogger's `name`/`save_dir`).
+            trainer["logger"] = {"class_path": CSV_LOGGER_CLASS, "init_args": {"save_dir": str(fit_dir), "name": "logs"}}
+        trainer.update({
             "callbacks": [
                 {
                     "class_path": CHECKPOINT_CLASS,
@@ -216,7 +220,7 @@ class Planner:
                     },
                 },
             ],
-        }
+        })
         if experts_dir is not None:
             trainer["callbacks"].append({
                 "class_path": COLLECTOR_CLASS,

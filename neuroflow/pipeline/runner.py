@@ -2,25 +2,37 @@
 
 The runner only orchestrates: each stage is a `python -m neuroflow fit|merge|test` run of a config
 the planner wrote. It keeps `pipeline_state.json` (config hash, wall time, experts it saw) so a
-rerun skips the experts already in the manifest (unless `force`) and the evaluations whose config
-and experts have not changed.
+rerun skips the experts already in the manifest (unless `force`), resumes a fit that was
+interrupted from its `last.ckpt`, and skips the evaluations whose config and experts have not
+changed. Given a validator (the CLI's `check_config`), every stage config is checked before the
+first stage runs, so a wrong class path fails in seconds, not after the experts are trained.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import logging
 import platform
 import shutil
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
 from neuroflow.atomic import atomic_write_json, atomic_write_text
-from neuroflow.pipeline.launch import EntryPoint, StageFailed, make_launcher, write_config
+from neuroflow.pipeline.launch import (
+    EntryPoint,
+    StageFailed,
+    Validator,
+    check_stages,
+    make_launcher,
+    write_config,
+)
 from neuroflow.pipeline.plan import (
     MULTITASK_ROW,
     REFERENCE_ROW,
@@ -30,6 +42,8 @@ from neuroflow.pipeline.plan import (
 )
 from neuroflow.pipeline.recipe import Recipe, recipe_to_dict
 from neuroflow.pipeline.table import rename_runs, render_rows_table, renormalize
+
+log = logging.getLogger(__name__)
 
 STATE_FILE = "pipeline_state.json"
 STAGE_GROUPS = ("fit", "multitask", "baselines", "merge", "report")
@@ -76,9 +90,11 @@ class PipelineRunner:
             evaluation.
         only: stage groups to run (`fit`, `multitask`, `baselines`, `merge`, `report`); all by default.
         launcher: `inprocess` or `subprocess` (default: the recipe's), or a callable for tests.
-        echo: where progress lines and the final table go.
+        echo: where the final table goes (progress goes to the `neuroflow.pipeline` logger).
         entry_point: the CLI's `main` for the `inprocess` launcher (`neuroflow.commands.run` passes
             `neuroflow.commands.cli.main`).
+        validator: checks a stage config without running it (`neuroflow.commands.cli.check_config`);
+            with it, `run` checks every selected stage first.
     """
 
     def __init__(
@@ -89,6 +105,7 @@ class PipelineRunner:
         launcher: str | Callable[..., None] | None = None,
         echo: Callable[[str], None] = print,
         entry_point: EntryPoint | None = None,
+        validator: Validator | None = None,
     ) -> None:
         bad = [g for g in only or [] if g not in STAGE_GROUPS]
         if bad:
@@ -99,6 +116,7 @@ class PipelineRunner:
         name = launcher or recipe.launcher
         self.launch = make_launcher(name, entry_point) if isinstance(name, str) else name
         self.echo = echo
+        self.validator = validator
         self.planner: Planner = plan_recipe(recipe)
         self.out = Path(recipe.output_dir)
         self.state_path = self.out / STATE_FILE
@@ -110,7 +128,7 @@ class PipelineRunner:
             try:
                 return json.loads(self.state_path.read_text())
             except json.JSONDecodeError:
-                self.echo(f"[neuroflow run] {self.state_path} is unreadable; starting a fresh state")
+                log.warning("%s is unreadable; starting a fresh state", self.state_path)
         return {"stages": {}}
 
     def _save_state(self) -> None:
@@ -124,8 +142,8 @@ class PipelineRunner:
         if stage.kind == "expert":
             if stage.task in manifest_entries(self.planner.experts_dir):
                 if previous.get("config_hash") not in (None, stage.config_hash()):
-                    self.echo(f"[neuroflow run] note: {stage.name}'s config changed since its expert was "
-                              f"trained; keeping the expert (use --force to retrain)")
+                    log.warning("%s's config changed since its expert was trained; keeping the expert "
+                                "(use --force to retrain)", stage.name)
                 return "expert already in the manifest"
             return None
         if stage.kind == "multitask":
@@ -160,28 +178,71 @@ class PipelineRunner:
                 f"first (`python -m neuroflow run {self.recipe.source_path} --only fit`)"
             )
 
+    def _resume_or_clean(self, stage: Stage) -> Stage:
+        """A fit starts from a clean checkpoint folder (so `best.ckpt` is this run's best), except
+        when the same config's last attempt was interrupted: it resumes from `last.ckpt`."""
+        checkpoints = self.planner.fit_dir(stage.task or MULTITASK_ROW) / "checkpoints"
+        last = checkpoints / "last.ckpt"
+        previous = self.state["stages"].get(stage.name, {})
+        interrupted = previous.get("status") in ("running", "failed")
+        if not self.force and interrupted and last.is_file() and previous.get("config_hash") == stage.config_hash():
+            log.info("%s: resuming the interrupted fit from %s (--force starts it over)", stage.name, last)
+            return dataclasses.replace(stage, extra_args=[*stage.extra_args, "--ckpt_path", str(last)])
+        if last.is_file() and interrupted and not self.force:
+            log.info("%s: config changed since the interrupted fit; training from scratch", stage.name)
+        shutil.rmtree(checkpoints, ignore_errors=True)
+        return stage
+
+    def _reference_or_manifest(self, stage: Stage) -> Stage:
+        """A merge normalizes by the individual row's report; when that row was not run (e.g.
+        `--only fit,merge`), by the experts' scores recorded in the manifest instead."""
+        reference = stage.config.get("reference")
+        if not reference or reference in ("manifest", "evaluate"):
+            return stage
+        path = Path(reference)
+        if path.is_file() or (path / "report.json").is_file():
+            return stage
+        log.info("%s: %s has no report yet (test_%s not run); normalizing by the manifest's expert scores",
+                 stage.name, path, REFERENCE_ROW)
+        return dataclasses.replace(stage, config={**stage.config, "reference": "manifest"})
+
+    def check(self, stages: list[Stage] | None = None) -> None:
+        """Check the stage configs (default: those of the selected groups) with the validator.
+
+        Raises:
+            RecipeError: the stages that would fail, each with its own message.
+        """
+        if self.validator is None:
+            return
+        selected = [s for s in self.planner.stages() if self._group(s) in self.only] if stages is None else stages
+        started = time.perf_counter()
+        check_stages(selected, self.validator, self.recipe.source_path or self.recipe.name)
+        log.debug("checked %d stage configs in %.1fs", len(selected), time.perf_counter() - started)
+
     def run_stage(self, stage: Stage) -> dict[str, Any]:
         """Write the stage's config and run it (or skip it); returns its state record."""
         config_path = write_config(stage, self.planner.config_dir)
         reason = self._skip_reason(stage)
         if reason:
-            self.echo(f"[neuroflow run] skip {stage.name}: {reason}")
+            log.info("skip %s: %s", stage.name, reason)
             record = self.state["stages"].setdefault(stage.name, {})
             record.setdefault("status", "done")
             record["skipped_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
             return record
         if stage.kind in ("baseline", "merge") and stage.row != MULTITASK_ROW:
             self._check_experts_ready()
-        if stage.command == "fit":
-            # A retrain starts from a clean checkpoint folder, so `best.ckpt` is this run's best.
-            shutil.rmtree(self.planner.fit_dir(stage.task or MULTITASK_ROW) / "checkpoints", ignore_errors=True)
-        self.echo(f"[neuroflow run] {stage.name}: python -m neuroflow {stage.command} --config {config_path}")
+        launch = self._resume_or_clean(stage) if stage.command == "fit" else self._reference_or_manifest(stage)
+        if launch.config != stage.config:
+            config_path = write_config(launch, self.planner.config_dir)  # the file holds what runs
+        # The record's hash is the config's: resuming (an extra --ckpt_path) is the same run.
+        config_hash = stage.config_hash() if launch.config == stage.config else launch.config_hash()
+        extra = "".join(f" {a}" for a in launch.extra_args)
+        log.info("%s: python -m neuroflow %s --config %s%s", stage.name, launch.command, config_path, extra)
         started = time.perf_counter()
-        self.state["stages"][stage.name] = {"status": "running", "config": str(config_path),
-                                            "config_hash": stage.config_hash()}
+        self.state["stages"][stage.name] = {"status": "running", "config": str(config_path), "config_hash": config_hash}
         self._save_state()
         try:
-            self.launch(stage, config_path, self.out / "logs" / f"{stage.name}.log")
+            self.launch(launch, config_path, self.out / "logs" / f"{stage.name}.log")
         except BaseException:
             self.state["stages"][stage.name]["status"] = "failed"
             self.state["stages"][stage.name]["wall_s"] = round(time.perf_counter() - started, 2)
@@ -190,7 +251,7 @@ class PipelineRunner:
         record = {
             "status": "done",
             "config": str(config_path),
-            "config_hash": stage.config_hash(),
+            "config_hash": config_hash,
             "wall_s": round(time.perf_counter() - started, 2),
             "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
@@ -198,11 +259,12 @@ class PipelineRunner:
             record["experts"] = self._experts_key(stage)
         self.state["stages"][stage.name] = record
         self._save_state()
-        self.echo(f"[neuroflow run] {stage.name} done in {record['wall_s']:.1f}s")
+        log.info("%s done in %.1fs", stage.name, record["wall_s"])
         return record
 
     def run(self) -> dict[str, Any] | None:
-        """Run every selected stage, then write and print the combined report."""
+        """Check the selected stages' configs, run them, then write and print the combined report."""
+        self.check()
         self.out.mkdir(parents=True, exist_ok=True)
         self.state["recipe"] = recipe_to_dict(self.recipe)
         self.state["versions"] = _versions()
@@ -233,7 +295,7 @@ class PipelineRunner:
 
         rows = self.rows()
         if not rows:
-            self.echo("[neuroflow run] no evaluated rows yet; nothing to report")
+            log.info("no evaluated rows yet; nothing to report")
             return None
         combined = combine_reports([d for _, d in rows])
         combined = rename_runs(combined, [name for name, _ in rows])
@@ -251,8 +313,7 @@ class PipelineRunner:
         (self.out / "summary.md").write_text(table + "\n" + timings)
         self.echo("\n" + table)
         self.echo(timings)
-        self.echo(f"[neuroflow run] report: {self.out / 'report.md'} (+ .json, .png), summary: "
-                  f"{self.out / 'summary.md'}")
+        log.info("report: %s (+ .json, .png), summary: %s", self.out / "report.md", self.out / "summary.md")
         return combined
 
     def timings_table(self) -> str:
@@ -268,9 +329,10 @@ class PipelineRunner:
 
 def run_recipe(recipe: Recipe, force: bool = False, only: list[str] | None = None,
                launcher: str | Callable[..., None] | None = None,
-               entry_point: EntryPoint | None = None) -> dict[str, Any] | None:
+               entry_point: EntryPoint | None = None, validator: Validator | None = None) -> dict[str, Any] | None:
     """Run a recipe end to end (see `PipelineRunner`); without `entry_point`, stages of the
     `inprocess` launcher run as subprocesses (`python -m neuroflow ...`)."""
     if entry_point is None and (launcher or recipe.launcher) == "inprocess":
         launcher = "subprocess"
-    return PipelineRunner(recipe, force=force, only=only, launcher=launcher, entry_point=entry_point).run()
+    return PipelineRunner(recipe, force=force, only=only, launcher=launcher, entry_point=entry_point,
+                          validator=validator).run()

@@ -101,3 +101,19 @@ def test_every_stage_config_parses_with_the_real_cli(recipe_path: Path, capsys: 
         assert info.value.code in (0, None), stage.name
         printed = yaml.safe_load(capsys.readouterr().out)
         assert printed["model"]["class_path"] == stage.config["model"]["class_path"], stage.name
+
+
+def test_a_recipe_logger_is_passed_as_given(recipe_path: Path) -> None:
+    from neuroflow.commands.cli import check_config
+    from neuroflow.pipeline.launch import config_for_check
+
+    default = plan_recipe(load_recipe(recipe_path, tasks=["trec"])).expert_stages()[0].config["trainer"]["logger"]
+    assert default["class_path"] == "lightning.pytorch.loggers.CSVLogger"
+    mlflow = {"class_path": "lightning.pytorch.loggers.MLFlowLogger",
+              "init_args": {"experiment_name": "neuroflow", "tracking_uri": "file:./mlruns"}}
+    recipe = load_recipe(recipe_path, tasks=["trec"], overrides=[f"training.trainer.logger={mlflow}"])
+    stage = plan_recipe(recipe).expert_stages()[0]
+    assert stage.config["trainer"]["logger"] == mlflow  # no CSVLogger `name`/`save_dir` merged into it
+    check_config(stage.command, config_for_check(stage.config), stage.extra_args)  # MLFlowLogger accepts it
+    off = plan_recipe(load_recipe(recipe_path, tasks=["trec"], overrides=["training.trainer.logger=false"]))
+    assert off.expert_stages()[0].config["trainer"]["logger"] is False

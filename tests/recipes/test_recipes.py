@@ -215,3 +215,12 @@ def test_paper_clip_tiny_substitute_runs(tmp_path: Path, tiny_vit: str, shared_d
     expert = json.loads((out / "experts" / "svhn" / "expert.json").read_text())
     assert expert["family"] == "vision"
     assert load_report(out / "merged" / "ties_val")["search"]["best"]["params"]["scaling"] in (0.5, 1.0)
+
+
+@pytest.mark.parametrize("name", ["demo.yaml", "text8.yaml", "text4.yaml", "paper_t5.yaml", "paper_clip.yaml",
+                                  "slurm/text8_gpu.yaml"])
+def test_recipes_leave_progress_on(name: str, tmp_path: Path) -> None:
+    """Stages show progress (a bar on a terminal, log lines otherwise); only --quiet turns it off."""
+    recipe = load_recipe(REPO / "recipes" / name, overrides=[f"output_dir={tmp_path / 'out'}"])
+    for stage in plan_recipe(recipe).stages():
+        assert stage.config["trainer"].get("enable_progress_bar") is not False, stage.name
