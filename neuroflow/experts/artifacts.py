@@ -14,7 +14,6 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import shutil
-import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,8 +21,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import neuroflow
-from neuroflow.atomic import atomic_write_json, replace_dir
+from neuroflow.atomic import atomic_write_json, make_temp_dir, replace_dir
 from neuroflow.experts.fingerprint import fingerprint_state_dict
+from neuroflow.hub import model_reference
 from neuroflow.experts.lora_delta import lora_adapter_deltas
 from neuroflow.experts.expert import ENTRY, Expert, HeadRef, Weights
 from neuroflow.experts.manifest import rebuild_manifest
@@ -95,8 +95,8 @@ def save_expert(
     if not name or "/" in name or name.startswith("."):
         raise ValueError(f"expert name {name!r} is not a valid folder name")
     experts_dir.mkdir(parents=True, exist_ok=True)
-    tmp = experts_dir / f".{name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
+    # Named after this process, so the next writer removes what a killed fit left.
+    tmp = make_temp_dir(experts_dir / name)
     try:
         lora = bool(module.hparams.get("lora"))
         if lora:
@@ -138,6 +138,8 @@ def save_expert(
                 "monitor": monitor,
                 "checkpoint": checkpoint,
                 "config": config or {},
+                # `base_model` may be a `pkg://` name: record where it resolved and what it is.
+                "base_model_ref": model_reference(module.hparams.backbone, base_fingerprint),
                 "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                 "neuroflow_version": neuroflow.__version__,
             },

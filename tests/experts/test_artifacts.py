@@ -73,3 +73,22 @@ def test_missing_head_for_a_classification_task(tiny_bert, tmp_path):
     entry = save_expert(tmp_path, module, None, "sha256:x", save_format="weights")
     with pytest.raises(ValueError, match="expert 'a' .* has no head for task 'b'"):
         load_expert_head(tmp_path, entry, task="b")
+
+
+def test_a_killed_writers_temporary_is_removed_by_the_next_save(tiny_bert, tmp_path):
+    import subprocess
+    import sys
+
+    # a real process that made a temporary and died: its pid is free again
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = int(proc.stdout)
+    from neuroflow.atomic import _host_tag
+
+    stale = tmp_path / f".a.tmp-{dead}-{_host_tag()}.deadbeef"
+    (stale / "sub").mkdir(parents=True)
+    (stale / "sub" / "big.safetensors").write_bytes(b"x" * 1000)
+    module = MultiTaskModule(tiny_bert, tasks=[spec()])
+    base = finetune_by_hand(module)
+    entry = save_expert(tmp_path, module, base, fingerprint_state_dict(base))
+    assert not stale.exists()
+    assert entry["base_model_ref"]["fingerprint"] == fingerprint_state_dict(base)
