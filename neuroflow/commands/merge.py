@@ -125,6 +125,7 @@ def run_merge(
     evaluate: bool = True,
     output_dir: str | None = None,
     reference: str = "manifest",
+    analyze: bool = True,
 ) -> dict[str, Any]:
     """The `merge` command; see `NeuroTrainer.merge` for the arguments. Returns the merge card
     (with the report under `report` when evaluated)."""
@@ -179,6 +180,7 @@ def run_merge(
             start = time.perf_counter()
             card = save_merged(model, tmp, card)
             timings["save_s"] = round(time.perf_counter() - start, 3)
+        analysis_md = _analyze(model, tmp, timings) if analyze and is_zero else None
     except BaseException:
         if is_zero:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -193,6 +195,8 @@ def run_merge(
             extra = {"search": search_record} if search_record else None
             report = model.build_stage_report("test", reference=ref, extra=extra)
             report["timings"] = timings
+            if analysis_md:
+                report["analysis_md"] = analysis_md
         except BaseException as err:  # noqa: BLE001 (recorded, then raised again below)
             failure = err
     card["evaluation"] = _evaluation_record(evaluate, failure)
@@ -221,6 +225,23 @@ def run_merge(
             f"`python -m neuroflow test` and model neuroflow.evaluation.MergedModel, merged_dir {final})"
         ) from failure
     return {**card, "timings": timings, "output_dir": str(final), "report": report}
+
+
+def _analyze(model: MergeModule, out: Path, timings: dict[str, float]) -> str:
+    """The neuron-subspace analysis of the merged experts (`analysis.{json,md,png}` in `out`),
+    with the trim the method used; returns its markdown section for the report."""
+    from neuroflow.analysis.analyze import analyze_task_vectors
+    from neuroflow.analysis.command import write_analysis
+    from neuroflow.analysis.summary import analysis_section
+
+    start = time.perf_counter()
+    merger = model.merger
+    analysis = analyze_task_vectors(merger.base, merger.source, tasks=list(merger.experts.tasks),
+                                    mask_rate=float(getattr(model.method, "mask_rate", 0.8)),
+                                    routing=merger.routing, exclude=merger.exclude)
+    write_analysis(analysis, out)
+    timings["analysis_s"] = round(time.perf_counter() - start, 3)
+    return analysis_section(analysis)
 
 
 def _evaluation_record(evaluate: bool, failure: BaseException | None) -> dict[str, Any]:

@@ -135,6 +135,7 @@ class NeuroTrainer(Trainer):
         evaluate: bool = True,
         output_dir: str | None = None,
         reference: str = "manifest",
+        analyze: bool = True,
         max_shard_size: str = "5GB",
         dtype: str | None = None,
         threads: int | None = None,
@@ -156,6 +157,9 @@ class NeuroTrainer(Trainer):
                 time; experts without them are evaluated here), `evaluate` (always score the experts
                 on this run's data), or the directory / report.json of an experts report (used
                 for its split; the other split falls back to `manifest`).
+            analyze: also write the experts' neuron-subspace analysis (`analysis.{json,md,png}`:
+                parallel/orthogonal update energy, sign conflicts, mask overlap, cosines per layer)
+                and add its section to the report.
             max_shard_size: for checkpoints made outside neuroflow (`model.base` + model folders,
                 hub ids or adapters as `model.experts`): the largest weights shard written, e.g. `5GB`.
             dtype: for such checkpoints: the dtype of the written weights (`bfloat16`, `float16`,
@@ -172,4 +176,5 @@ class NeuroTrainer(Trainer):
             return run_checkpoint_merge(model, output_dir, evaluate, datamodule is not None, max_shard_size, dtype,
                                         threads, vocab)
 
-        return run_merge(self, model, datamodule, evaluate=evaluate, output_dir=output_dir, reference=reference)
+        return run_merge(self, model, datamodule, evaluate=evaluate, output_dir=output_dir, reference=reference,
+                         analyze=analyze)

@@ -183,6 +183,9 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         for cand in search["candidates"]:
             mark = " **(best)**" if cand["params"] == search["best"]["params"] else ""
             lines.append(f"| `{json.dumps(cand['params'])}`{mark} | {_fmt(cand['score'], False)} |")
+    if report.get("analysis_md"):
+        # The merge command's neuron-subspace analysis of the experts (analysis.json beside it).
+        lines += ["", report["analysis_md"].rstrip()]
     return "\n".join(lines) + "\n"
 
 

@@ -60,6 +60,10 @@ def test_merge_each_method_end_to_end(name, direct, trained_experts, shared_data
     assert card["method"]["init_args"] == method.hparams()
     assert card["merge_info"]["num_experts"] == 2 and card["timings"]["merge_s"] >= 0
     assert result["report"]["tasks"]["trec"]["metrics"] == report["tasks"]["trec"]["metrics"]
+    # The experts' neuron-subspace analysis is written beside the model and shown in the report.
+    analysis = json.loads((out / "analysis.json").read_text())
+    assert analysis["tasks"] == list(TASKS) and (out / "analysis.png").is_file()
+    assert "## Neuron-subspace analysis" in (out / "report.md").read_text()
 
 
 def test_saved_merged_model_scores_the_same(direct, trained_experts, shared_data_dir, eval_cache, tmp_path):
