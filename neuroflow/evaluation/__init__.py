@@ -7,6 +7,7 @@ import warnings as _warnings
 from neuroflow.evaluation.expert_heads_module import ExpertHeadsModule, PretrainedModule
 from neuroflow.experts.expert_set import ExpertInputError
 from neuroflow.evaluation.experts_module import ExpertsModule
+from neuroflow.evaluation.lm_eval_tasks import LmEvalCallback  # lm_eval itself is imported on use
 from neuroflow.evaluation.merge_module import MergeModule
 from neuroflow.evaluation.merged_model import MergedModel, load_merged, read_card, save_merged
 from neuroflow.evaluation.report import build_report, combine_reports, load_report, write_report
@@ -16,6 +17,7 @@ __all__ = [
     "ExpertHeadsModule",
     "ExpertInputError",
     "ExpertsModule",
+    "LmEvalCallback",
     "MergeModule",
     "MergedModel",
     "PretrainedModule",
