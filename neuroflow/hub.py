@@ -59,6 +59,41 @@ def _model_folder(package: Path, reference: str) -> Path:
     )
 
 
+TINY_SCHEME = "tiny://"
+
+
+def tiny_model(arch: str) -> str:
+    """The folder of neuroflow's tiny `arch` model (`tiny://llama`, `tiny://gpt2`, ...), built on
+    first use into `$NEUROFLOW_CACHE/tiny/<arch>` (default `~/.cache/neuroflow`) from a fixed seed
+    and a tokenizer trained on the shared data's first lines, so that every process and rerun gets
+    the same weights (same fingerprint) and recipes run offline with no build step.
+
+    Args:
+        arch: a `python -m neuroflow.testing` model kind (`llama`, `mistral`, `qwen2`, `gpt2`, `bert`, ...).
+    """
+    import importlib
+
+    from neuroflow.atomic import make_temp_dir, replace_dir
+
+    folder = Path(os.environ.get("NEUROFLOW_CACHE", Path.home() / ".cache" / "neuroflow")) / "tiny" / arch
+    if (folder / "config.json").is_file():
+        return str(folder)
+    # Loaded by name: the test builders are a leaf module that itself reads the data dir from here.
+    testing = importlib.import_module("neuroflow.testing")
+    if arch not in testing.BUILDER_NAMES:
+        raise ValueError(f"{TINY_SCHEME}{arch}: unknown tiny model; choose one of {sorted(testing.BUILDER_NAMES)}")
+    tmp = make_temp_dir(folder)
+    try:
+        testing.build(arch, tmp)
+        if not (folder / "config.json").is_file():  # a concurrent builder may have won
+            replace_dir(tmp, folder)
+    finally:
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    return str(folder)
+
+
 def resolve_model_path(name_or_path: str) -> str:
     """Turn a model reference into something `from_pretrained` accepts.
 
@@ -66,11 +101,14 @@ def resolve_model_path(name_or_path: str) -> str:
         name_or_path: a local directory, a Hugging Face hub id (returned unchanged, so the real
             hub-loading code path is kept), or `pkg://<package>` for a model shipped inside an
             installed Python package: the package's folder (or its one sub-folder) holding
-            `config.json`, located without importing the package.
+            `config.json`, located without importing the package; or `tiny://<arch>` for one of
+            neuroflow's tiny test models (built on first use, see `tiny_model`).
 
     Raises:
         ValueError: a `pkg://` package that is not installed or holds no model folder.
     """
+    if name_or_path.startswith(TINY_SCHEME):
+        return tiny_model(name_or_path[len(TINY_SCHEME):])
     if not name_or_path.startswith(PKG_SCHEME):
         return name_or_path
     module_name = name_or_path[len(PKG_SCHEME):]

@@ -366,6 +366,21 @@ CAUSAL_BUILDERS = {"llama": build_tiny_llama, "mistral": build_tiny_mistral, "qw
 _BUILDERS = {"bert": build_tiny_bert, "t5": build_tiny_t5, "vit": build_tiny_vit, **CAUSAL_BUILDERS}
 
 
+BUILDER_NAMES = tuple(_BUILDERS)
+
+
+def build(kind: str, path: str | os.PathLike) -> Path:
+    """Save the tiny `kind` model to `path` (causal LMs with a tokenizer trained on the shared data).
+
+    Args:
+        kind: one of `BUILDER_NAMES`.
+        path: output folder.
+    """
+    if kind in CAUSAL_BUILDERS:
+        return CAUSAL_BUILDERS[kind](path, texts=data_corpus(None))
+    return _BUILDERS[kind](path)
+
+
 def main(argv: list[str] | None = None) -> None:
     """`python -m neuroflow.testing {bert,t5,vit,llama,mistral,qwen2,gpt2} PATH`: save a tiny model to PATH
     (causal LMs get a tokenizer trained on lines of the shared data when `--data_dir` has them)."""

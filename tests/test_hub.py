@@ -76,3 +76,24 @@ def test_model_reference_records_a_resolvable_base(planted, tmp_path):
                       "fingerprint": "sha256:f"}
     assert model_reference("org/model") == {"name": "org/model", "hub_id": "org/model"}
     assert not marker.exists()
+
+
+def test_tiny_scheme_builds_once_and_rebuilds_identically(tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    from neuroflow.hub import resolve_model_path
+
+    monkeypatch.setenv("NEUROFLOW_CACHE", str(tmp_path / "cache"))
+    folder = resolve_model_path("tiny://gpt2")
+    assert folder == str(tmp_path / "cache" / "tiny" / "gpt2")
+    first = load_file(f"{folder}/model.safetensors")
+    tokenizer = (tmp_path / "cache" / "tiny" / "gpt2" / "tokenizer.json").read_text()
+    assert resolve_model_path("tiny://gpt2") == folder  # cached: not rebuilt
+    import shutil
+
+    shutil.rmtree(folder)
+    again = load_file(f"{resolve_model_path('tiny://gpt2')}/model.safetensors")
+    assert set(first) == set(again) and all(first[k].equal(again[k]) for k in first)
+    assert (tmp_path / "cache" / "tiny" / "gpt2" / "tokenizer.json").read_text() == tokenizer
+    with pytest.raises(ValueError, match="unknown tiny model"):
+        resolve_model_path("tiny://nope")

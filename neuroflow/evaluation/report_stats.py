@@ -126,6 +126,8 @@ def confusions_of(module: Any, stage: str) -> dict[str, list[list[float]]]:
         return {}
     out: dict[str, list[list[float]]] = {}
     for task, metric in metrics[stage].items():
+        if not hasattr(metric, "confusion"):  # causal-LM task metrics count hits, not a confusion matrix
+            continue
         with metric.sync_context(should_sync=True, should_unsync=True):
             out[task] = metric.confusion.detach().cpu().tolist()
     return out
