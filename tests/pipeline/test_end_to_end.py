@@ -96,6 +96,10 @@ def test_run_writes_the_combined_report(first_run) -> None:
     assert any("| nm_val |" in line for line in lines)  # printed at the end
     state = json.loads((out / "pipeline_state.json").read_text())
     assert all(rec["status"] == "done" and rec["wall_s"] > 0 for rec in state["stages"].values())
+    # every stage's output is also in its own log file (the in-process launcher tees it)
+    assert sorted(p.stem for p in (out / "logs").glob("*.log")) == sorted(recorder.ran)
+    assert "config saved to" in (out / "logs" / "fit_trec.log").read_text()
+    assert "# ties (test)" in (out / "logs" / "merge_ties.log").read_text()
 
 
 def test_rerun_skips_experts_and_force_retrains(first_run) -> None:
