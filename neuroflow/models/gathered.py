@@ -9,12 +9,15 @@ of a module from it: the plain backbone weights, the heads, and the LoRA adapter
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import torch
 from torch import nn
 
 from neuroflow.models.heads import ClassificationHead
+
+_ADAPTER_KEY = re.compile(r"\.(lora_A|lora_B|lora_embedding_A|lora_embedding_B|lora_magnitude_vector|modules_to_save)\.")
 
 
 def is_sharded_strategy(strategy: Any) -> bool:
@@ -25,14 +28,40 @@ def is_sharded_strategy(strategy: Any) -> bool:
 
 
 class _GatheredBackbone:
-    """What `save_expert` calls on `module.backbone`: peft's `save_pretrained` fed the gathered
-    adapter tensors (peft filters the LoRA keys out of the state dict it is given)."""
+    """What `save_expert` calls on `module.backbone`: writes the adapter as peft's `save_pretrained`
+    does (`adapter_config.json` + `adapter_model.safetensors`, adapter name dropped from the keys).
+
+    peft's own `save_pretrained(state_dict=...)` cannot be used: it picks the adapter tensors by the
+    live module names, which FSDP prefixes with `_fsdp_wrapped_module.`, and then saves nothing.
+    """
 
     def __init__(self, backbone: nn.Module, state: dict[str, torch.Tensor]) -> None:
         self._backbone, self._state = backbone, state
 
-    def save_pretrained(self, path: str, **kwargs: Any) -> None:
-        self._backbone.save_pretrained(path, state_dict=self._state, **kwargs)
+    def save_pretrained(self, path: str) -> None:
+        import copy
+        from pathlib import Path
+
+        from safetensors.torch import save_file
+
+        (name, config), = self._backbone.peft_config.items()
+        if getattr(config, "bias", "none") != "none":
+            raise ValueError(f"saving a LoRA adapter with bias={config.bias!r} from a sharded fit is not supported")
+        tensors = {}
+        for key, value in self._state.items():
+            if not _ADAPTER_KEY.search(key):
+                continue
+            key = key.replace(f".{name}.", ".").removesuffix(f".{name}")
+            if key.endswith("lora_magnitude_vector.weight"):  # peft's DoRA key format
+                key = key.removesuffix(".weight")
+            tensors[key] = value.detach().cpu().contiguous()
+        if not tensors:
+            raise ValueError("the gathered state dict holds no LoRA adapter tensors")
+        Path(path).mkdir(parents=True, exist_ok=True)
+        save_file(tensors, str(Path(path) / "adapter_model.safetensors"), metadata={"format": "pt"})
+        config = copy.deepcopy(config)
+        config.inference_mode = True
+        config.save_pretrained(path)
 
 
 class GatheredModule:

@@ -30,10 +30,16 @@ def trec_instruction(name: str = "trec_instr", **changes) -> dict:
     return {**spec, **changes}
 
 
-def write_arithmetic(folder: Path, n: int = 60) -> Path:
-    """A JSON-lines file of GSM8K-style sums (generated here; answers end with `#### <n>`)."""
+def write_arithmetic(folder: Path, n: int = 60, totals: tuple[int, ...] | None = None) -> Path:
+    """A JSON-lines file of GSM8K-style sums (generated here; answers end with `#### <n>`).
+
+    With `totals`, every sum is one of them (a tiny model learns to answer some right)."""
+    if totals:
+        pairs = [(a, totals[i % len(totals)] - a) for i, a in enumerate(range(1, n + 1))]
+    else:
+        pairs = [(a, b) for a in range(1, 40) for b in (3, 7, 12)]
     rows = [{"question": f"What is {a} plus {b}?", "answer": f"{a} + {b} = {a + b}\n#### {a + b}"}
-            for a in range(1, 40) for b in (3, 7, 12)][:n]
+            for a, b in pairs][:n]
     path = folder / "arithmetic.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     return path
