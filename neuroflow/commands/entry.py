@@ -27,11 +27,13 @@ class Command:
         target: `module:function` called with the command's arguments.
         help: one line for `python -m neuroflow --help`.
         with_name: pass the command's name as the first argument (LightningCLI expects it).
+        own_flags: global flags the command also has itself (e.g. `--quiet`): it receives them too.
     """
 
     target: str
     help: str
     with_name: bool = False
+    own_flags: tuple[str, ...] = ()
 
 
 _LIGHTNING = "neuroflow.commands.cli:main"
@@ -44,7 +46,8 @@ COMMANDS: dict[str, Command] = {
     "run": Command("neuroflow.commands.run:main", "run a recipe end to end: fit -> merge -> test -> report"),
     # Outside LightningCLI's Trainer methods: the neuron-subspace analysis of a set of experts, and
     # the statistics pass of the data-aware merge methods.
-    "analyze": Command("neuroflow.analysis.command:main", "analyse experts' updates against the pre-trained neurons"),
+    "analyze": Command("neuroflow.analysis.command:main", "analyse experts' updates against the pre-trained neurons",
+                       own_flags=("--quiet",)),
     "stats": Command("neuroflow.statistics.command:main", "collect the data statistics of RegMean/Fisher merging"),
 }
 # `merge --from_mergekit CONFIG`: a MergeKit YAML, not a LightningCLI config.
@@ -82,7 +85,8 @@ def main(args: list[str] | None = None) -> None:
     Args:
         args: the command line after `python -m neuroflow`; None = `sys.argv[1:]`.
     """
-    argv, level = pop_global_flags(list(args if args is not None else sys.argv[1:]))
+    raw = list(args if args is not None else sys.argv[1:])
+    argv, level = pop_global_flags(raw)
     configure_logging(level)
     if not argv or argv[0] in ("-h", "--help"):
         sys.stdout.write(help_text())
@@ -101,6 +105,7 @@ def main(args: list[str] | None = None) -> None:
         command = _FROM_MERGEKIT
     from neuroflow.commands.errors import ConfigError, UsageError, explain
 
+    argv += [flag for flag in command.own_flags if flag in raw]
     try:
         _load(command.target)(argv if command.with_name else argv[1:])
     except UsageError:

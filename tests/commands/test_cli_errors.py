@@ -122,3 +122,13 @@ def test_verbose_and_quiet_are_accepted_everywhere() -> None:
         with pytest.raises(SystemExit) as info:
             main([command, "--verbose", "--help"])
         assert info.value.code in (0, None), command
+
+
+def test_a_command_with_its_own_quiet_flag_receives_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    import neuroflow.analysis.command as analyze
+
+    received: list[list[str]] = []
+    monkeypatch.setattr(analyze, "main", lambda argv: received.append(argv))
+    main(["--verbose", "analyze", "experts", "--quiet"])
+    assert received == [["experts", "--quiet"]]  # its own --quiet, not the --verbose it does not have
+    assert logging.getLogger("neuroflow").level == logging.WARNING  # and the logging follows it too
