@@ -125,3 +125,11 @@ def test_only_fit_and_merge_normalizes_by_the_manifest(recipe_path: Path, tmp_pa
     report = json.loads((tmp_path / "out" / "merged" / "ties" / "report.json").read_text())
     # the experts' recorded numbers (these tiny experts recorded none, so they are scored by the merge)
     assert {e["expert_source"] for e in report["tasks"].values()} <= {"manifest", "evaluated"}
+
+
+def test_run_accepts_output_dir_with_an_underscore(recipe_path: Path, tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    for flag in ("--output_dir", "--output-dir"):
+        out = tmp_path / flag.strip("-")
+        run_main([str(recipe_path), "--dry-run", flag, str(out)])
+        assert (out / "configs" / "merge_ties.yaml").is_file()
+    assert "python -m neuroflow merge --config" in capsys.readouterr().out
