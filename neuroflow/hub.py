@@ -162,9 +162,19 @@ def model_reference(name_or_path: str, fingerprint: str | None = None) -> dict[s
 
 
 def default_data_dir() -> str:
-    """`$NEUROFLOW_DATA_DIR`, else `../shared/data` when it exists, else `./data`."""
+    """Where relative data files are read from when no `data_dir` is given.
+
+    `$NEUROFLOW_DATA_DIR`, else `../shared/data` next to the working directory, else the
+    `shared/data` beside the project neuroflow was installed from (so commands work from any
+    folder); when none exists, that last path, which the loaders then name in their "not found"
+    error together with `--data.data_dir` / `$NEUROFLOW_DATA_DIR`.
+    """
     env = os.environ.get("NEUROFLOW_DATA_DIR")
     if env:
         return env
-    shared = Path("..") / "shared" / "data"
-    return str(shared) if shared.is_dir() else "data"
+    beside_cwd = Path("..") / "shared" / "data"
+    if beside_cwd.is_dir():
+        return str(beside_cwd)
+    # neuroflow/ -> the project -> its parent, where shared/ sits beside a checkout.
+    beside_project = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+    return str(beside_project)

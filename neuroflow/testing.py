@@ -370,15 +370,9 @@ BUILDER_NAMES = tuple(_BUILDERS)
 
 
 def build(kind: str, path: str | os.PathLike) -> Path:
-    """Save the tiny `kind` model to `path` (causal LMs with a tokenizer trained on the shared data).
-
-    Args:
-        kind: one of `BUILDER_NAMES`.
-        path: output folder.
-    """
-    if kind in CAUSAL_BUILDERS:
-        return CAUSAL_BUILDERS[kind](path, texts=data_corpus(None))
-    return _BUILDERS[kind](path)
+    """Save the tiny `kind` model (one of `BUILDER_NAMES`) to folder `path`; causal LMs get a
+    tokenizer trained on the shared data (the same for every call)."""
+    return CAUSAL_BUILDERS[kind](path, texts=data_corpus(None)) if kind in CAUSAL_BUILDERS else _BUILDERS[kind](path)
 
 
 def main(argv: list[str] | None = None) -> None:

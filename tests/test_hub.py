@@ -97,3 +97,17 @@ def test_tiny_scheme_builds_once_and_rebuilds_identically(tmp_path, monkeypatch)
     assert (tmp_path / "cache" / "tiny" / "gpt2" / "tokenizer.json").read_text() == tokenizer
     with pytest.raises(ValueError, match="unknown tiny model"):
         resolve_model_path("tiny://nope")
+
+
+def test_default_data_dir_from_any_folder(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    import neuroflow
+    from neuroflow.hub import default_data_dir
+
+    monkeypatch.delenv("NEUROFLOW_DATA_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)  # no ../shared/data here
+    expected = Path(neuroflow.__file__).resolve().parent.parent.parent / "shared" / "data"
+    assert default_data_dir() == str(expected)
+    monkeypatch.setenv("NEUROFLOW_DATA_DIR", "/somewhere")
+    assert default_data_dir() == "/somewhere"

@@ -113,9 +113,10 @@ def _swap_into_place(tmp: Path, final: Path) -> None:
 
 
 def _progress_bar(model: MergeModule, enabled: bool) -> Any:
-    from tqdm.auto import tqdm
+    from neuroflow.progress import progress
 
-    return tqdm(total=len(model.base_state()), desc=f"merging ({model.method.name})", unit="tensor", disable=not enabled)
+    return progress(total=len(model.base_state()), desc=f"merging ({model.method.name})", unit="tensor",
+                    enabled=enabled)
 
 
 def run_merge(
@@ -155,7 +156,7 @@ def run_merge(
             search_record = run_search(trainer, model, datamodule, reference)
             timings["search_s"] = round(time.perf_counter() - start, 3)
         start = time.perf_counter()
-        bar = _progress_bar(model, is_zero)
+        bar = _progress_bar(model, is_zero and trainer.progress_bar_callback is not None)
         info = model.merge(progress=bar)
         bar.close()
         timings["merge_s"] = round(time.perf_counter() - start, 3)
