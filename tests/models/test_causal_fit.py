@@ -58,3 +58,21 @@ def test_fit_lowers_loss_and_collects_exact_expert(arch, lora, causal_models, ma
     assert sum(float(v.abs().sum()) for v in tv.values()) > 0
     for key, delta in tv.items():
         torch.testing.assert_close(base[key] + delta, expected[key], rtol=1e-5, atol=1e-6)
+
+
+def test_packed_bf16_mixed_fit_and_truncation_counts(tiny_llama, make_datamodule, make_trainer):
+    """bf16 mixed precision (CPU autocast here, GPUs in real runs), packed training rows, and the
+    left-truncated prompts counted by the model's metrics as by the data."""
+    seed_everything(0)
+    task = sst2_choice(kind="instruction", metrics=None, packing=True, max_new_tokens=3)
+    dm = make_datamodule([task], tokenizer=tiny_llama, max_length=128, max_target_length=8, batch_size=4,
+                         max_train_examples=32, max_eval_examples=16)
+    module = MultiTaskModule(tiny_llama, tasks=dm.task_specs, lora={"r": 4}, optimizer=partial(AdamW, lr=1e-2),
+                             lr_scheduler=None)
+    make_trainer(max_epochs=1, precision="bf16-mixed").fit(module, dm)
+    train = dm.split_data("train")["sst2_choice"]
+    assert len(train) < 32 and max(len(x) for x in train["input_ids"]) <= 128  # packed
+    assert sum(train["prompt_truncated"]) == dm.truncation_counts["sst2_choice"]["train"]["prompt_truncated"]
+    truncated = dm.truncation_counts["sst2_choice"]["validation"]["prompt_truncated"]
+    assert module.last_truncation["val"] == {"sst2_choice": truncated}
+    assert 0.0 <= module.last_metrics["val"]["val/sst2_choice/exact_match"] <= 1.0

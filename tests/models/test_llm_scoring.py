@@ -58,6 +58,7 @@ def test_acc_and_acc_norm_follow_the_argmax(tiny_llama, make_datamodule):
     assert torch.equal(batch["choice_chars"][0], chars[0])
     assert float(out["acc_norm"]) == pytest.approx(float(((ll / chars).argmax(1) == gold).double().mean()))
     assert int(out["num_examples"]) == len(gold) and float(out["loss"]) > 0
+    assert int(out["num_truncated"]) == int(batch["prompt_truncated"].sum()) > 0  # long reviews, max_length 48
 
 
 @torch.no_grad()
