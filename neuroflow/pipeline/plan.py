@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
 from neuroflow.callbacks import ExpertCollector
@@ -43,6 +43,7 @@ MODULE_CLASS = class_path(MultiTaskModule)
 DATA_CLASS = class_path(MultiTaskDataModule)
 COLLECTOR_CLASS = class_path(ExpertCollector)
 CHECKPOINT_CLASS = class_path(ModelCheckpoint)
+EARLY_STOPPING_CLASS = class_path(EarlyStopping)
 CSV_LOGGER_CLASS = class_path(CSVLogger)
 MERGE_CLASS = class_path(MergeModule)
 PRETRAINED_CLASS = class_path(PretrainedModule)
@@ -221,6 +222,13 @@ class Planner:
                 },
             ],
         })
+        if training.early_stopping is not None:
+            # Trained to the plateau: the fit stops when the metric the checkpoint and the
+            # collector select by stops improving (both keep the best epoch, not the last).
+            trainer["callbacks"].append({
+                "class_path": EARLY_STOPPING_CLASS,
+                "init_args": {**dict(training.early_stopping), "monitor": monitor, "mode": "max"},
+            })
         if experts_dir is not None:
             trainer["callbacks"].append({
                 "class_path": COLLECTOR_CLASS,

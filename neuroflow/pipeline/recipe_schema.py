@@ -29,6 +29,10 @@ class Training:
         model: extra `MultiTaskModule` init_args (optimizer, scheduler, pooling, ...).
         data: extra `MultiTaskDataModule` init_args (batch_size, max_length, sampling, ...).
         trainer: extra Trainer arguments (precision, accelerator, devices, ...).
+        early_stopping: stop a fit when the validation primary metric has not improved for
+            `patience` validations (`{patience: 3, min_delta: 0.0}`: Lightning's `EarlyStopping`
+            keyword arguments; monitor and mode are the fit's). The collector keeps the best
+            checkpoint, not the last. None = train for `max_epochs`/`max_steps`.
     """
 
     mode: Literal["full", "lora"] = "full"
@@ -39,6 +43,7 @@ class Training:
     model: dict[str, Any] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)
     trainer: dict[str, Any] = field(default_factory=dict)
+    early_stopping: dict[str, Any] | None = None
 
 
 @dataclass

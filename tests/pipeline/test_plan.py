@@ -117,3 +117,22 @@ def test_a_recipe_logger_is_passed_as_given(recipe_path: Path) -> None:
     check_config(stage.command, config_for_check(stage.config), stage.extra_args)  # MLFlowLogger accepts it
     off = plan_recipe(load_recipe(recipe_path, tasks=["trec"], overrides=["training.trainer.logger=false"]))
     assert off.expert_stages()[0].config["trainer"]["logger"] is False
+
+
+def test_early_stopping_on_the_fits_primary_metric(recipe_path: Path, tmp_path: Path) -> None:
+    recipe = load_recipe(recipe_path, tasks=["trec"], overrides=["training.early_stopping={patience: 2, min_delta: 0.001}"])
+    stages = {s.name: s for s in plan_recipe(recipe).stages()}
+    callbacks = stages["fit_trec"].config["trainer"]["callbacks"]
+    stop = [c for c in callbacks if c["class_path"].endswith("EarlyStopping")]
+    assert stop == [{"class_path": "lightning.pytorch.callbacks.EarlyStopping",
+                     "init_args": {"patience": 2, "min_delta": 0.001, "monitor": "val/trec/accuracy", "mode": "max"}}]
+    # the collector selects by the same metric: the best epoch is what becomes the expert
+    collector = [c for c in callbacks if c["class_path"].endswith("ExpertCollector")][0]
+    assert collector["init_args"]["monitor"] == "val/trec/accuracy"
+    path = write_config(stages["fit_trec"], tmp_path / "configs")
+    with pytest.raises(SystemExit) as done:
+        cli_main([*cli_args(stages["fit_trec"], path), "--print_config"])
+    assert done.value.code in (0, None)
+    # without it, no early stopping
+    plain = {s.name: s for s in plan_recipe(load_recipe(recipe_path, tasks=["trec"])).stages()}
+    assert not [c for c in plain["fit_trec"].config["trainer"]["callbacks"] if "EarlyStopping" in c["class_path"]]
