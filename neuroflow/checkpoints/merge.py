@@ -39,6 +39,9 @@ from neuroflow.merging.engine import merge_stream
 from neuroflow.merging.routing import matches, routing_from_module
 
 log = logging.getLogger(__name__)
+# Architectures storing some Linear-like weights as `in x out` (transformers' Conv1D): only their
+# module routing differs from the shape rule, so only they (and convolutions, > 2-D) build the model.
+TRANSPOSED_MODEL_TYPES = {"gpt2", "openai-gpt", "imagegpt", "decision_transformer", "clvp", "omniasr", "convbert"}
 OUTPUT_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
@@ -191,9 +194,10 @@ def _write(base_ref, base, source, readers, facts, report, method, out, max_shar
            command, config, exclude, progress) -> dict[str, Any]:
     out_dtype = OUTPUT_DTYPES[dtype] if dtype else None
     plan = _output_plan(base, report, out_dtype)
-    # Only NeuroMerging treats neurons differently from points; the module routing needs transformers
-    # (seconds to import), so the other methods use the shape rule, which they ignore anyway.
-    routing = routing_for(base.config, list(base)) if isinstance(method, NeuroMerging) else None
+    # Only NeuroMerging treats neurons differently from points, and the module routing needs
+    # transformers (seconds to import): it is built only where it differs from the shape rule.
+    needs_modules = base.config.get("model_type") in TRANSPOSED_MODEL_TYPES or any(len(base.meta(n)[0]) > 2 for n in base)
+    routing = routing_for(base.config, list(base)) if isinstance(method, NeuroMerging) and needs_modules else None
     tmp = make_temporary(out)
     writer = None
     try:

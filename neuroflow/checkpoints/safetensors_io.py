@@ -14,9 +14,12 @@ import json
 import math
 import os
 import struct
+import threading
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -124,15 +127,54 @@ def read_header(path: str | os.PathLike) -> SafetensorsHeader:
     return SafetensorsHeader(path, {e.name: e for e in entries}, dict(metadata))
 
 
+class _ReadBuffers:
+    """Read buffers handed back when the last tensor using one is freed, and reused for the next
+    read of the same size (layers repeat their shapes): a recycled buffer skips the page faults a
+    fresh one costs, which are as expensive as the copy from the page cache. At most `cap` bytes
+    are kept free. A buffer returns only when its numpy array dies, i.e. when no tensor (or view)
+    over it is alive, so a tensor's data is never overwritten while it is in use.
+
+    Args:
+        cap: bytes of free buffers kept at most.
+    """
+
+    def __init__(self, cap: int) -> None:
+        self.cap, self._bytes = cap, 0
+        self._free: dict[int, list[np.ndarray]] = {}
+        self._lock = threading.Lock()
+
+    def take(self, nbytes: int) -> np.ndarray:
+        with self._lock:
+            free = self._free.get(nbytes)
+            raw = free.pop() if free else None
+            if raw is not None:
+                self._bytes -= nbytes
+        if raw is None:
+            raw = np.empty(nbytes, dtype=np.uint8)
+        view = raw[:]  # the handed-out array; `raw` comes back when it (and every tensor on it) dies
+        weakref.finalize(view, self._give, raw)
+        return view
+
+    def _give(self, raw: np.ndarray) -> None:
+        with self._lock:
+            if self._bytes + raw.nbytes <= self.cap:
+                self._free.setdefault(raw.nbytes, []).append(raw)
+                self._bytes += raw.nbytes
+
+
+_BUFFERS = _ReadBuffers(256 << 20)
+
+
 def read_tensor(path: str | os.PathLike, entry: TensorEntry) -> Tensor:
-    """The tensor `entry` of `path`, read into a fresh (unmapped) buffer.
+    """The tensor `entry` of `path`, read into a private (unmapped) buffer.
 
     Args:
         path: the file the entry belongs to.
         entry: from `read_header(path)`.
     """
-    buffer = torch.empty(entry.nbytes, dtype=torch.uint8)
-    view = memoryview(buffer.numpy()) if entry.nbytes else memoryview(b"")
+    array = _BUFFERS.take(entry.nbytes) if entry.nbytes >= 1 << 16 else np.empty(entry.nbytes, dtype=np.uint8)
+    buffer = torch.from_numpy(array)
+    view = memoryview(array) if entry.nbytes else memoryview(b"")
     with open(path, "rb", buffering=0) as handle:
         handle.seek(entry.start)
         done = 0

@@ -14,6 +14,8 @@ the CPU); tensors that are not merged (integer/bool, excluded) are copies of the
 from __future__ import annotations
 
 import math
+import sys
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -115,38 +117,105 @@ def _intra_op_threads(threads: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+def _all_finite(tensor: Tensor) -> bool:
+    """Whether every entry is finite, reading the tensor once without a full-size temporary."""
+    flat = tensor.reshape(-1)
+    if tensor.dtype in (torch.float32, torch.float64, torch.bfloat16):
+        # A finite sum proves every entry finite. bfloat16 sums accumulate in float32 inside the
+        # kernel (same exponent range); `sum(dtype=float32)` would first copy the whole tensor.
+        if bool(torch.isfinite(flat.sum())):
+            return True
+    else:
+        # Narrow dtypes (float16 overflows its sum easily): blocks summed in float32.
+        step = 1 << 20
+        if all(bool(torch.isfinite(flat[i : i + step].sum(dtype=torch.float32))) for i in range(0, flat.numel(), step)):
+            return True
+    return bool(torch.isfinite(tensor).all())
+
+
 def _check_merged_finite(tensor: Tensor, name: str, method: MergeMethod) -> None:
-    # A finite sum proves every entry finite at the cost of one read of the output.
-    if bool(torch.isfinite(tensor.sum(dtype=torch.float64 if tensor.dtype == torch.float64 else torch.float32))):
+    if _all_finite(tensor):
         return
-    bad = torch.isnan(tensor).any()
-    if bad or not bool(torch.isfinite(tensor).all()):
-        raise MergeInputError(
-            f"{method!r} produced {'NaN' if bad else 'Inf'} values in merged tensor {name!r}; nothing is "
-            "written (check the method's hyperparameters and the inputs' magnitudes)"
-        )
+    bad = bool(torch.isnan(tensor).any())
+    raise MergeInputError(
+        f"{method!r} produced {'NaN' if bad else 'Inf'} values in merged tensor {name!r}; nothing is "
+        "written (check the method's hyperparameters and the inputs' magnitudes)"
+    )
+
+
+class _Recycler:
+    """Buffers reused for the next tensor of the same size once nothing references them: the same
+    shapes recur layer after layer, and a fresh multi-megabyte buffer costs more in page faults
+    than the arithmetic done in it. At most `cap` bytes are kept free.
+
+    Args:
+        cap: bytes of free buffers kept at most.
+    """
+
+    def __init__(self, cap: int) -> None:
+        self.cap, self._bytes = cap, 0
+        self._free: dict[tuple[int, torch.dtype], list[Tensor]] = {}
+        self._lock = threading.Lock()
+
+    def empty(self, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
+        numel = math.prod(shape)
+        with self._lock:
+            free = self._free.get((numel, dtype))
+            held = free.pop() if free else None
+            if held is not None:
+                self._bytes -= numel * dtype.itemsize
+        if held is None:
+            return torch.empty(shape, dtype=dtype)
+        # A new tensor on the held storage (not a view: views would pin the old tensor object).
+        return torch.empty(0, dtype=dtype).set_(held.untyped_storage(), 0, shape)
+
+    def release(self, tensor: Tensor) -> None:
+        """Keep `tensor` for reuse if the caller's reference is the only one (no view, no copy of
+        the reference anywhere): then nothing can observe its later contents."""
+        # References: the caller's variable, this argument, getrefcount's argument.
+        if sys.getrefcount(tensor) > 3 or torch._C._storage_Use_Count(tensor.untyped_storage()._cdata) > 2:
+            return
+        if tensor.device.type != "cpu" or tensor.requires_grad or tensor.storage_offset() != 0:
+            return
+        size = tensor.numel() * tensor.element_size()
+        if size == 0 or tensor.untyped_storage().nbytes() != size:
+            return
+        with self._lock:
+            if self._bytes + size <= self.cap:
+                self._free.setdefault((tensor.numel(), tensor.dtype), []).append(tensor)
+                self._bytes += size
 
 
 class _StreamTaskVectors(TaskVectors):
     """`TaskVectors` whose `stack` writes each expert's row in place: the stored tensor is cast
     into its row, then the base (cast once per tensor) is subtracted. The same float arithmetic as
     `as_task_vector` (exact upcast, one rounding in the subtraction), so values are bit-identical,
-    without two temporaries per expert (their page faults cost more than the arithmetic)."""
+    without two temporaries per expert; buffers come from the stream's `_Recycler`."""
+
+    recycler: _Recycler | None = None
+
+    def _empty(self, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
+        return self.recycler.empty(shape, dtype) if self.recycler else torch.empty(shape, dtype=dtype)
 
     def stack(self, name: str, base: Tensor | None = None) -> Tensor:
         base = self.base[name] if base is None else base
         if self._custom_task_vector or not base.is_floating_point():
             return super().stack(name, base)
         dtype = compute_dtype(base.dtype)
-        out = torch.empty((self.num_tasks, *base.shape), dtype=dtype)
-        base_c = None if self.experts.task_vectors else base.detach().to(device="cpu", dtype=dtype)
+        out = self._empty((self.num_tasks, *base.shape), dtype)
+        base_c = None
+        if not self.experts.task_vectors:
+            base_c = self._empty(tuple(base.shape), dtype).copy_(base.detach()) if base.dtype != dtype else base.detach().cpu()
         for i in range(self.num_tasks):
             stored = self.experts.get(i, name).detach()
             if not stored.is_floating_point() or tuple(stored.shape) != tuple(base.shape):
                 return super().stack(name, base)  # the generic path raises the precise error
             out[i].copy_(stored)
+            del stored
             if base_c is not None:
                 out[i].sub_(base_c)
+        if base_c is not None and self.recycler and base_c.data_ptr() != base.data_ptr():
+            self.recycler.release(base_c)
         return out
 
 
@@ -161,10 +230,10 @@ class MergeStream:
         info: method, hyper-parameters, statistics and routing counts (JSON-friendly).
     """
 
-    def __init__(self, base, source, method, routes, task_vectors, stats, progress, threads, prefetch) -> None:
+    def __init__(self, base, source, method, routes, task_vectors, stats, progress, threads, prefetch, recycle) -> None:
         self.base, self.source, self.method, self.routes = base, source, method, routes
         self.task_vectors, self.stats = task_vectors, stats
-        self.progress, self.threads, self.prefetch = progress, threads, prefetch
+        self.progress, self.threads, self.prefetch, self.recycle = progress, threads, prefetch, recycle
         self.names = list(base)
         kinds = [r.kind for r in routes.values()]
         self.info = {
@@ -190,25 +259,46 @@ class MergeStream:
             return 0
         return len(self.source) * math.prod(shape) * compute_dtype(dtype).itemsize
 
-    def _merge_one(self, name: str, tensor: Tensor, stack: Tensor | None) -> Tensor:
+    def _merge_one(self, name: str, tensor: Tensor, stack: Tensor | None, recycler: _Recycler | None) -> Tensor:
         if stack is None:
             return tensor.detach().clone()
         dtype = compute_dtype(tensor.dtype)
-        theta0 = tensor.detach().to(device="cpu", dtype=dtype)
+        own = tensor.dtype != dtype or tensor.device.type != "cpu"  # theta0 is a private copy
+        if own and recycler is not None:
+            theta0 = recycler.empty(tuple(tensor.shape), dtype).copy_(tensor.detach())
+        else:
+            theta0 = tensor.detach().to(device="cpu", dtype=dtype)
+            own = own and theta0.data_ptr() != tensor.data_ptr()
         delta = self.method.merge_tensor(name, theta0, stack, self.routes[name], self.stats)
-        del stack  # the method may keep no reference: free T x tensor before the sum is allocated
+        if recycler is not None:
+            recycler.release(stack)  # only if the method kept no view or reference of it
+        del stack  # free T x tensor before the sum is allocated
         if delta.shape != tensor.shape:
             raise MergeInputError(
                 f"{type(self.method).__name__} returned shape {tuple(delta.shape)} for tensor {name!r} "
                 f"of shape {tuple(tensor.shape)}"
             )
-        merged = (theta0 + delta.to(dtype)).to(device=tensor.device, dtype=tensor.dtype)
-        del theta0, delta
+        # theta0 + delta, in place when theta0 is ours and the method did not keep it (same sum).
+        if own and torch._C._storage_Use_Count(theta0.untyped_storage()._cdata) <= 2 and delta.data_ptr() != theta0.data_ptr():
+            total = theta0.add_(delta.to(dtype))
+        else:
+            total = theta0 + delta.to(dtype)
+        del delta
+        merged = total.to(device=tensor.device, dtype=tensor.dtype)
+        if recycler is not None and merged.data_ptr() != total.data_ptr():
+            del theta0
+            recycler.release(total)
         _check_merged_finite(merged, name, self.method)
         return merged
 
     def __iter__(self) -> Iterator[tuple[str, Tensor]]:
-        with torch.no_grad(), ThreadPoolExecutor(max_workers=1, thread_name_prefix="merge-prefetch") as pool:
+        # The prefetch thread's own torch ops run single-threaded (OpenMP would give it a second
+        # team of `threads` workers competing with the maths for the same cores).
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="merge-prefetch", initializer=torch.set_num_threads, initargs=(1,))
+        largest = max((math.prod(tensor_meta(self.base, n)[0]) for n in self.task_vectors.names), default=0)
+        recycler = _Recycler((len(self.source) + 2) * largest * 4) if self.recycle else None
+        self.task_vectors.recycler = recycler
+        with torch.no_grad(), pool:
             pending: Future | None = None
             for index, name in enumerate(self.names):
                 if pending is not None:
@@ -223,7 +313,7 @@ class MergeStream:
                     # task-vector arithmetic overlap the method's maths.
                     pending = pool.submit(self._read, following)
                 with _intra_op_threads(self.threads):
-                    merged = self._merge_one(name, tensor, stack)
+                    merged = self._merge_one(name, tensor, stack, recycler)
                 del tensor, stack
                 yield name, merged
                 del merged
@@ -239,6 +329,7 @@ def merge_stream(
     progress: Progress | None = None,
     threads: int | None = None,
     prefetch: bool = True,
+    recycle: bool = True,
 ) -> MergeStream:
     """Validate the inputs and gather the method's statistics; the returned stream then yields the
     merged tensors one at a time (`(name, tensor)` in base order), so they can be written as they
@@ -255,6 +346,9 @@ def merge_stream(
         threads: torch intra-op threads for the maths (None: torch's current setting).
         prefetch: read the next tensor's task vectors in a background thread while the current
             one is merged (only when they fit in `PREFETCH_BYTES`).
+        recycle: reuse the buffers of task-vector stacks and base copies for later tensors of the
+            same size (at most (T + 2) x the largest tensor is kept); a buffer the method still
+            references is never reused.
 
     Raises:
         MergeInputError: inputs that cannot be merged (before any statistics), and, while
@@ -268,7 +362,7 @@ def merge_stream(
         validate_inputs(base, source, routes, exclude)
         task_vectors = _StreamTaskVectors(base, source, routes)
         stats = method.prepare(task_vectors)
-    return MergeStream(base, source, method, routes, task_vectors, stats, progress, threads, prefetch)
+    return MergeStream(base, source, method, routes, task_vectors, stats, progress, threads, prefetch, recycle)
 
 
 def merge(
