@@ -150,7 +150,9 @@ class FisherAccumulator:
         grads = torch.autograd.grad(log_prob, self.params, allow_unused=True, retain_graph=retain_graph)
         for total, grad in zip(self.sums, grads):
             if grad is not None:
-                total.add_(grad.float().square() * weight)
+                grad = grad.float()
+                # In place: no squared temporary of every (embedding-sized) gradient per example.
+                total.addcmul_(grad, grad, value=float(weight))
 
     def add_classification(self, logits: Tensor, labels: str, generator: torch.Generator) -> None:
         """One example's Fisher from its class logits `(num_classes,)`.

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from neuroflow.atomic import atomic_write
+from neuroflow.merging.expert_statistics import STATS_COMMAND
 from neuroflow.merging.sources import SafetensorsFile
 from neuroflow.merging.validation import MergeInputError
 
@@ -30,7 +31,6 @@ FORMAT = "neuroflow-statistics"
 FORMAT_VERSION = "1"
 KINDS = ("regmean", "fisher")
 FOLDER = "statistics"
-STATS_COMMAND = "python -m neuroflow stats"
 
 
 class StatisticsMismatchError(MergeInputError):

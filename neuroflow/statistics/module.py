@@ -3,11 +3,12 @@
 It is an `ExpertsModule` (the experts' base with each expert's head, the expert's weights swapped in
 when a batch of its task arrives), run with `trainer.validate` over one expert's own training
 batches (not `predict`: Lightning rebuilds a predict loader's batch sampler to track indices, which
-neuroflow's multi-task sampler does not support). Per batch it adds, for `regmean`, the Gram matrices of every linear layer's inputs (one
-no-grad forward of the whole batch, padding excluded) and, for `fisher`, the squared gradients of
-each example's log-likelihood under a label drawn from the model itself (one forward and backward
-per example). The expert's weights are loaded dense (`theta_0 + tau`, LoRA adapters folded in), so
-both statistics are of the expert's function and keyed by plain backbone names.
+neuroflow's multi-task sampler does not support). Per batch it adds, for `regmean`, the Gram
+matrices of every linear layer's inputs (one no-grad forward of the whole batch, padding excluded)
+and, for `fisher`, the squared gradients of each example's log-likelihood under a label drawn from
+the model itself (one forward and backward per example). The expert's weights are loaded dense
+(`theta_0 + tau`, LoRA adapters folded in), so both statistics are of the expert's function and
+keyed by plain backbone names.
 """
 
 from __future__ import annotations

@@ -66,7 +66,8 @@ class HandExpert:
             handle.remove()
         return captured
 
-    def fisher(self, batches: list[dict], labels: str, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    def fisher(self, batches: list[dict], labels: str, generator: torch.Generator | None = None
+               ) -> dict[str, torch.Tensor]:
         """The diagonal Fisher by hand: per example (unpadded, batch of one), the squared gradient of
         log p(y | x) with y drawn from the softmax (`sample`) or every class weighted by p (`expected`)."""
         params = dict(self.model.named_parameters())

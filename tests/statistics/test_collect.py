@@ -14,7 +14,8 @@ from neuroflow.statistics import StatisticsFile, compute_statistics
 LAYER = "encoder.layer.0.attention.self.query"
 
 
-def test_gram_of_a_linear_layer_is_xtx_of_its_unpadded_inputs(experts, data_config, tiny_bert, shared_data_dir, stats_cache):
+def test_gram_of_a_linear_layer_is_xtx_of_its_unpadded_inputs(experts, data_config, tiny_bert, shared_data_dir,
+                                                               stats_cache):
     records = compute_statistics(experts, data_config, kinds=["regmean"], max_batches=3, tasks=["trec"],
                                  accelerator="cpu")
     assert [(r.task, r.kind, r.batches, r.examples) for r in records] == [("trec", "regmean", 3, 3 * BATCH)]
@@ -40,7 +41,8 @@ def test_gram_of_a_linear_layer_is_xtx_of_its_unpadded_inputs(experts, data_conf
 
 
 @pytest.mark.parametrize("labels", ["expected", "sample"])
-def test_fisher_is_the_mean_squared_per_example_gradient(labels, experts, data_config, tiny_bert, shared_data_dir, stats_cache):
+def test_fisher_is_the_mean_squared_per_example_gradient(labels, experts, data_config, tiny_bert, shared_data_dir,
+                                                         stats_cache):
     records = compute_statistics(experts, data_config, kinds=["fisher"], max_batches=1, tasks=["sst2"],
                                  fisher_labels=labels, seed=3, accelerator="cpu")
     saved = load_file(str(records[0].path))

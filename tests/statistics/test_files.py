@@ -80,7 +80,8 @@ def test_statistics_of_another_task_set_are_refused(experts, data_config):
     # trec's statistics copied next to the sst2 expert (same base, other task)
     shutil.copytree(record.path.parent, experts / "sst2" / "statistics")
     source, _, _ = source_of(experts)
-    with pytest.raises(StatisticsMismatchError, match=r"another task set: tasks \['trec'\], but expert 'sst2' has \['sst2'\]"):
+    with pytest.raises(StatisticsMismatchError,
+                       match=r"another task set: tasks \['trec'\], but expert 'sst2' has \['sst2'\]"):
         source.statistics(1, "regmean")
 
 

@@ -30,7 +30,8 @@ def merger_of(experts: Path) -> Merger:
 
 
 def test_stats_then_regmean_and_fisher_through_the_engine(experts, data_config):
-    records = compute_statistics(experts, data_config, kinds=["regmean", "fisher"], max_batches=2, accelerator="cpu")
+    records = compute_statistics(experts, data_config, kinds=["regmean", "fisher"], max_batches=2,
+                                 accelerator="cpu")
     merger = merger_of(experts)
     base, source = merger.base, merger.source
     tvs = {n: torch.stack([source.get(i, n).double() for i in range(2)]) for n in base if base[n].is_floating_point()}
@@ -40,7 +41,8 @@ def test_stats_then_regmean_and_fisher_through_the_engine(experts, data_config):
     grams = torch.stack([stats[(t, "regmean")][LINEAR].double() for t in ("trec", "sst2")])
     expected = base[LINEAR].double() + regmean_solve(tvs[LINEAR], grams, 0.9)
     torch.testing.assert_close(regmean.state_dict[LINEAR].double(), expected, rtol=0, atol=1e-6)
-    linears = sum(isinstance(m, torch.nn.Linear) for m in AutoModel.from_pretrained(merger.experts.base_model).modules())
+    modules = AutoModel.from_pretrained(merger.experts.base_model).modules()
+    linears = sum(isinstance(m, torch.nn.Linear) for m in modules)
     assert regmean.info["statistics"]["regmean_tensors"] == linears == 13  # 2 layers x 6 + pooler
     bias = LINEAR.replace("weight", "bias")  # no Gram: averaged by the default fallback
     torch.testing.assert_close(regmean.state_dict[bias].double(), base[bias].double() + tvs[bias].mean(0),
@@ -61,7 +63,7 @@ def test_stats_then_regmean_and_fisher_through_the_engine(experts, data_config):
 @pytest.mark.parametrize("method", ["regmean", "fisher"])
 def test_stats_command_then_merge_command_with_the_shipped_config(method, experts, data_config, tmp_path, capsys):
     rows = stats_main(["--experts", str(experts), "--data", str(data_config), "--kinds", method,
-                       "--max_batches", "2", "--accelerator", "cpu", "--summary", str(tmp_path / "stats.json")])
+                       "--max_batches", "2", "--accelerator", "cpu", "--threads", "1", "--summary", str(tmp_path / "stats.json")])
     assert [(r["task"], r["kind"]) for r in rows] == [("trec", method), ("sst2", method)]
     assert json.loads((tmp_path / "stats.json").read_text()) == rows
     assert f"{method}.safetensors" in capsys.readouterr().out
