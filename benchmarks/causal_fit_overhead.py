@@ -5,8 +5,8 @@
 
 Both sides train the same decoder (a small LLaMA built offline by `neuroflow.testing`, same seed,
 same LoRA adapters on every projection) on the same batches: the `MultiTaskDataModule`'s training
-loader over a real task (`agnews_mc` from ../shared/data, prompts + gold choices, loss on the answer
-tokens). neuroflow = `NeuroTrainer.fit(MultiTaskModule, MultiTaskDataModule)` with its default
+loader over a real task (`news_mc`, AG News topics from ../shared/data: prompts + gold choices, loss on
+the answer tokens). neuroflow = `NeuroTrainer.fit(MultiTaskModule, MultiTaskDataModule)` with its default
 logging; plain = `for batch in loader: model(**batch).loss.backward(); opt.step(); sched.step();
 opt.zero_grad()`. The runs alternate (plain, neuroflow, plain, ...) so a load change on a shared
 machine hits both, and each run's step time is the median over its steps after `--warmup` steps,
@@ -104,7 +104,7 @@ def plain_run(model_path: str, dm: MultiTaskDataModule, steps: int, warmup: int)
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data_dir", default=str(REPO / ".." / "shared" / "data"))
-    parser.add_argument("--task", default="agnews_mc")
+    parser.add_argument("--task", default="news_mc")
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--vocab", type=int, default=4000)

@@ -22,53 +22,18 @@ from neuroflow.models.backbone import Family, hidden_size_of, load_backbone
 from neuroflow.models.backbone_weights import backbone_state_keys, load_plain_backbone_state, plain_backbone_state
 from neuroflow.models.causal_lm import causal_lora_config, enable_gradient_checkpointing, load_lm_tokenizer
 from neuroflow.models.heads import ClassificationHead, Pooling
-from neuroflow.models.llm_scoring import GenerationSteps, MultipleChoiceSteps
+from neuroflow.models.kinds import check_task_kinds, steps_for
 from neuroflow.models.lora import apply_lora, unwrap_peft
 from neuroflow.models.optim import AdamW, LinearWarmup, optimizers_config
 from neuroflow.models.optim import parameter_groups as build_parameter_groups
 from neuroflow.models.stage_metrics import StageResults, stage_results
-from neuroflow.models.steps_classification import ClassificationSteps, Text2TextSteps, encode_features
+from neuroflow.models.steps_classification import encode_features
+from neuroflow.models.task_specs import as_task_specs
 from neuroflow.models.task_steps import TaskSteps
 from neuroflow.models.verbalizer import Verbalizer
 
-_KIND_FAMILIES = {
-    "text_classification": ("encoder", "seq2seq"),
-    "text2text": ("seq2seq",),
-    "image_classification": ("vision",),
-    "instruction": ("causal_lm",),
-    "multiple_choice": ("causal_lm",),
-    "generation": ("causal_lm",),
-}
-_HEADLESS_HINT = (" (a causal LM has no classification head: cast the task as `kind: multiple_choice` over its "
-                  "label names, or load the backbone with `family: encoder`)")
-_DECODER_HINT = " (the causal-LM kinds need a decoder-only model such as LLaMA, Mistral, Qwen2 or GPT-2)"
 STAGES = ("val", "test")
-
-
-def as_task_specs(tasks: list[TaskSpec] | None) -> list[TaskSpec]:
-    """Accept specs, their dicts (from a checkpoint's hparams) or registered task names."""
-    if not tasks:
-        raise ValueError(
-            "MultiTaskModule needs `tasks`: in Python pass `tasks=datamodule.task_specs`; with the "
-            "CLI they come from `data` (check the data section of the config)"
-        )
-    specs: list[TaskSpec] = []
-    for task in tasks:
-        if isinstance(task, TaskSpec):
-            specs.append(task)
-        elif isinstance(task, dict):
-            specs.append(TaskSpec.from_dict(task, origin=f"model.tasks[{len(specs)}]"))
-        elif isinstance(task, str):
-            from neuroflow.data import resolve_task
-
-            specs.append(resolve_task(task))
-        else:
-            raise ValueError(f"model.tasks[{len(specs)}]: expected a TaskSpec, got {type(task).__name__}")
-    names = [s.name for s in specs]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise ValueError(f"model.tasks: duplicate task names {duplicates}")
-    return specs
+__all__ = ["MultiTaskModule", "as_task_specs", "STAGES"]
 
 
 class MultiTaskModule(LightningModule):
@@ -133,7 +98,7 @@ class MultiTaskModule(LightningModule):
         self.scheduler_factory = lr_scheduler
 
         model, self.family = load_backbone(backbone, family, **(backbone_kwargs or {}))
-        self._check_task_kinds(specs)
+        check_task_kinds(specs, self.family, backbone)
         if gradient_checkpointing:
             enable_gradient_checkpointing(model)
         if lora and self.family == "causal_lm":
@@ -167,7 +132,7 @@ class MultiTaskModule(LightningModule):
                 self._add_module_key(self.heads, spec.name, ClassificationHead(
                     self.hidden_size, spec.num_labels, pooling, head_dropout))
             if spec.kind not in self.steps:
-                self.steps[spec.kind] = _STEPS[spec.kind]()
+                self.steps[spec.kind] = steps_for(spec.kind)
         self.task_metrics = nn.ModuleDict()
         for stage in STAGES:
             per_task = nn.ModuleDict()
@@ -182,17 +147,6 @@ class MultiTaskModule(LightningModule):
         self._forward_params = set(inspect.signature(unwrap_peft(self.backbone).forward).parameters)
 
     # ----------------------------------------------------------------- construction checks
-    def _check_task_kinds(self, specs: list[TaskSpec]) -> None:
-        for spec in specs:
-            allowed = _KIND_FAMILIES[spec.kind]
-            if self.family not in allowed:
-                raise ValueError(
-                    f"task {spec.name!r} is {spec.kind}, which needs model family "
-                    f"{' or '.join(map(repr, allowed))}, but backbone {self.hparams.backbone!r} "
-                    f"is of family {self.family!r} (task key `kind`, model key `family`)"
-                    f"{_HEADLESS_HINT if self.family == 'causal_lm' else _DECODER_HINT if spec.is_llm else ''}"
-                )
-
     @staticmethod
     def _add_module_key(container: nn.ModuleDict, name: str, module: nn.Module) -> None:
         try:
@@ -343,12 +297,3 @@ class MultiTaskModule(LightningModule):
         """
         load_plain_backbone_state(self.backbone, state, strict)
 
-
-_STEPS: dict[str, type[TaskSteps]] = {
-    "text_classification": ClassificationSteps,
-    "image_classification": ClassificationSteps,
-    "text2text": Text2TextSteps,
-    "instruction": GenerationSteps,
-    "generation": GenerationSteps,
-    "multiple_choice": MultipleChoiceSteps,
-}

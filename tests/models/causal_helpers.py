@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+CAUSAL_ARCHS = ("llama", "mistral", "qwen2", "gpt2")
 SST2_FILES = {"train": "sst2/stsa.binary.train", "validation": "sst2/stsa.binary.dev", "test": "sst2/stsa.binary.test"}
 
 

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from causal_helpers import CAUSAL_ARCHS
+
 from neuroflow.testing import build_tiny_causal_lm, data_corpus
 
 SHARED = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
-CAUSAL_ARCHS = ("llama", "mistral", "qwen2", "gpt2")
 
 
 @pytest.fixture(scope="session")

@@ -13,8 +13,7 @@ from neuroflow.callbacks import ExpertCollector
 from neuroflow.experts import load_expert_head, load_manifest, load_task_vector
 from neuroflow.models import AdamW, MultiTaskModule
 
-from causal_helpers import sst2_choice
-from conftest import CAUSAL_ARCHS
+from causal_helpers import CAUSAL_ARCHS, sst2_choice
 
 
 @torch.no_grad()

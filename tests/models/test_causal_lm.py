@@ -13,7 +13,7 @@ from neuroflow.data.llm_encoding import encode_llm_batch
 from neuroflow.models import MultiTaskModule
 from neuroflow.models.backbone import resolve_family
 
-from conftest import CAUSAL_ARCHS
+from causal_helpers import CAUSAL_ARCHS
 
 PROJECTIONS = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
 
