@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+from typing import Any, Literal
 
 from jsonargparse import ActionConfigFile, ArgumentParser
 
@@ -37,11 +37,11 @@ def build_parser() -> ArgumentParser:
                         help="training batches per expert (null: its whole capped training split)")
     parser.add_argument("--tasks", type=str | None, default=None,
                         help="comma-separated tasks whose experts to process (default: the data config's tasks)")
-    parser.add_argument("--fisher_labels", type=str, default="sample", choices=["sample", "expected"],
+    parser.add_argument("--fisher_labels", type=Literal["sample", "expected"], default="sample",
                         help="Fisher labels: one drawn from the model's softmax per example, or every class "
                              "weighted by its probability (one backward pass per class)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the Fisher's label draws")
-    parser.add_argument("--dtype", type=str, default="float32", choices=["float32", "float64"],
+    parser.add_argument("--dtype", type=Literal["float32", "float64"], default="float32",
                         help="dtype of the saved tensors")
     parser.add_argument("--accelerator", type=str, default="auto", help="Lightning accelerator (one device)")
     parser.add_argument("--threads", type=int | None, default=None,

@@ -81,3 +81,33 @@ def test_max_batches_none_is_one_pass_over_the_capped_split(experts, data_config
                                    accelerator="cpu")
     saved = StatisticsFile(record.path)
     assert record.examples == saved.field("train_examples") == 48  # max_train_examples of the data config
+
+
+def test_lora_expert_statistics_are_those_of_its_dense_function(tiny_bert, shared_data_dir, stats_cache, tmp_path):
+    from neuroflow.callbacks.expert_collector import ExpertCollector
+    from neuroflow.commands.trainer import NeuroTrainer
+    from neuroflow.data import MultiTaskDataModule
+    from neuroflow.models import MultiTaskModule
+    from neuroflow.models.optim import AdamW
+
+    experts = tmp_path / "lora_experts"
+    data = {**data_args(tiny_bert, shared_data_dir, stats_cache), "tasks": ["trec"]}
+    torch.manual_seed(0)
+    dm = MultiTaskDataModule(**data)
+    module = MultiTaskModule(backbone=tiny_bert, tasks=dm.task_specs, optimizer=lambda p: AdamW(p, lr=5e-2),
+                             lr_scheduler=None, lora={"r": 4, "lora_alpha": 8, "target_modules": ["query", "value"]})
+    NeuroTrainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                 enable_checkpointing=False, max_steps=3, num_sanity_val_steps=0, limit_val_batches=1,
+                 callbacks=[ExpertCollector(str(experts), monitor=None)]).fit(module, datamodule=dm)
+    records = compute_statistics(experts, data, kinds=["regmean", "fisher"], max_batches=1, accelerator="cpu")
+    hand = HandExpert(experts, "trec", data)
+    assert not torch.equal(hand.model.state_dict()[f"{LAYER}.weight"], hand.base[f"{LAYER}.weight"])
+    batches = hand.batches(1)
+    # layer 1's inputs depend on layer 0's adapters: its Gram is of the dense expert (base + B A s)
+    name = "encoder.layer.1.attention.self.query"
+    x = hand.inputs_of(name, batches)[0][batches[0]["attention_mask"].bool()].double()
+    grams = StatisticsFile(next(r.path for r in records if r.kind == "regmean"))
+    torch.testing.assert_close(grams[f"{name}.weight"].double(), x.T @ x, rtol=1e-5, atol=1e-4)
+    fishers = StatisticsFile(next(r.path for r in records if r.kind == "fisher"))
+    # every backbone parameter under its plain name (not only the adapters', and no peft names)
+    assert set(fishers) == {k for k, v in hand.base.items() if v.is_floating_point()}
