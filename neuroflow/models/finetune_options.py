@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -26,7 +26,7 @@ ATTENTION = re.compile(r"(^|\.)(attention|attn|self_attn|SelfAttention|EncDecAtt
 PRESETS = {"attention": ATTENTION}
 
 
-def _matcher(patterns: str | Sequence[str]) -> tuple[list[str], callable]:
+def _matcher(patterns: str | Sequence[str]) -> tuple[list[str], Callable[[str], bool]]:
     items = [patterns] if isinstance(patterns, str) else list(patterns)
     if not items:
         raise ValueError("trainable: give `attention` or a non-empty list of parameter-name patterns")
@@ -101,6 +101,19 @@ def fit_linear_head(
     if features.shape[0] == 0:
         raise ValueError("linear probe: no training features (the task's training split is empty)")
     features = features.to(linear.weight.dtype)
+    # A frozen head (LP-FT) is still fitted here: its flags are restored afterwards.
+    flags = [p.requires_grad for p in linear.parameters()]
+    for p in linear.parameters():
+        p.requires_grad_(True)
+    try:
+        return _probe(linear, features, labels, epochs, lr, weight_decay)
+    finally:
+        for p, flag in zip(linear.parameters(), flags):
+            p.requires_grad_(flag)
+
+
+def _probe(linear: nn.Linear, features: torch.Tensor, labels: torch.Tensor, epochs: int, lr: float,
+           weight_decay: float) -> float:
     with torch.enable_grad():
         optimizer = torch.optim.AdamW(linear.parameters(), lr=lr, weight_decay=weight_decay)
         loss = torch.zeros(())

@@ -10,6 +10,7 @@ module orchestrates: what each task kind does in a step lives in `TaskSteps` cla
 from __future__ import annotations
 
 import inspect
+import logging
 from typing import Any, Literal
 
 import torch
@@ -20,6 +21,7 @@ from torch import nn
 from neuroflow.data.task_spec import TaskSpec
 from neuroflow.models.backbone import Family, hidden_size_of, load_backbone
 from neuroflow.models.backbone_weights import backbone_state_keys, load_plain_backbone_state, plain_backbone_state
+from neuroflow.models.finetune_options import fit_linear_head, freeze, probe_features, restrict_trainable
 from neuroflow.models.causal_lm import causal_lora_config, enable_gradient_checkpointing, load_lm_tokenizer
 from neuroflow.models.heads import ClassificationHead, Pooling
 from neuroflow.models.kinds import check_task_kinds, steps_for
@@ -32,6 +34,7 @@ from neuroflow.models.task_specs import as_task_specs
 from neuroflow.models.task_steps import TaskSteps
 from neuroflow.models.verbalizer import Verbalizer
 
+log = logging.getLogger(__name__)
 STAGES = ("val", "test")
 __all__ = ["MultiTaskModule", "as_task_specs", "STAGES"]
 
@@ -64,6 +67,15 @@ class MultiTaskModule(LightningModule):
         backbone_kwargs: extra `from_pretrained` arguments (`dtype`, `revision`, ...).
         gradient_checkpointing: recompute activations in the backward pass (less memory, about a
             third more compute); for long causal-LM sequences.
+        head_init: `random` (heads train with the backbone from a random start) or `linear_probe`
+            (before the first step, each head is fitted on frozen backbone features of its
+            training data; merge-friendly: the backbone then moves less to fit its head).
+        freeze_head: keep the heads fixed while the backbone trains (with `linear_probe`: LP-FT).
+        trainable: fine-tune only backbone parameters matching these: `attention` (the attention
+            modules of every family) or glob patterns over parameter names; the rest stays
+            pre-trained. With LoRA, only adapters of matching modules train. None = everything.
+        linear_probe_epochs: full-batch steps of each head's linear probe.
+        linear_probe_batches: training batches whose features the probe uses (None = one pass).
     """
 
     def __init__(
@@ -82,8 +94,15 @@ class MultiTaskModule(LightningModule):
         text2text_tokenizer: str | None = None,
         backbone_kwargs: dict[str, Any] | None = None,
         gradient_checkpointing: bool = False,
+        head_init: Literal["random", "linear_probe"] = "random",
+        freeze_head: bool = False,
+        trainable: str | list[str] | None = None,
+        linear_probe_epochs: int = 100,
+        linear_probe_batches: int | None = None,
     ) -> None:
         super().__init__()
+        if head_init not in ("random", "linear_probe"):
+            raise ValueError(f"head_init must be 'random' or 'linear_probe', got {head_init!r}")
         # Unpadded evaluation shards can leave a rank without any batch of a small task; the
         # metrics are still exact because every rank joins every metric sync.
         self.allow_zero_length_dataloader_with_multiple_devices = True
@@ -141,6 +160,10 @@ class MultiTaskModule(LightningModule):
             self.task_metrics[stage] = per_task
         self.last_metrics: dict[str, dict[str, float]] = {}
         self.last_truncation: dict[str, dict[str, int]] = {}
+        if trainable is not None:
+            restrict_trainable(self.backbone, trainable)
+        if freeze_head:
+            freeze(self.heads.values())
         # `from_pretrained` returns eval mode, and Lightning keeps the modes it finds at fit start:
         # without this, dropout would be off while training.
         self.train()
@@ -173,6 +196,17 @@ class MultiTaskModule(LightningModule):
             known = list(self.heads)
             raise KeyError(f"task {task!r} has no head in this model; heads: {known}")
         return self.heads[task]
+
+    def on_fit_start(self) -> None:
+        # A resumed fit restores its heads from the checkpoint: probing again would undo them.
+        if self.hparams.get("head_init") != "linear_probe" or self.trainer.ckpt_path or self.global_step > 0:
+            return
+        datamodule = self.trainer.datamodule
+        features = probe_features(self, datamodule.train_dataloader(), self.hparams.get("linear_probe_batches"))
+        for task, (x, y) in features.items():
+            loss = fit_linear_head(self.heads[task].linear, x.to(self.device), y.to(self.device),
+                                   epochs=self.hparams.get("linear_probe_epochs", 100))
+            log.info("linear probe of %s: %d examples, training loss %.4f", task, len(y), loss)
 
     def setup(self, stage: str) -> None:
         # Catch a data/model task mismatch before the first step rather than at the first batch.
