@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 from neuroflow.data.collate import MultiTaskCollator, TaskCollator
 from neuroflow.data.encoding import default_cache_dir, encode_split
 from neuroflow.data.image_transform import ImageTransform
-from neuroflow.data.loading import LOCAL_BUILDERS, load_task, resolve_data_files
+from neuroflow.data.loading import LOCAL_BUILDERS, load_task, resolve_data_files, restrict_to_splits
 from neuroflow.data.pad_token import ensure_pad_token
 from neuroflow.data.readers import find_reader
 from neuroflow.data.registry import resolve_task
@@ -180,9 +180,11 @@ class MultiTaskDataModule(LightningDataModule):
         return dataclasses.replace(spec, **changes) if changes else spec
 
     def _check_files(self, spec: TaskSpec) -> None:
+        # Only the evaluation splits' files are required here: a `test` or `merge` run needs no
+        # training file (unless its splits are carved from it); `fit` checks train in setup.
         path = str(spec.source["path"])
         if path in LOCAL_BUILDERS or find_reader(path) is not None:
-            resolve_data_files(spec, self.data_dir)
+            resolve_data_files(restrict_to_splits(spec, ("validation", "test")), self.data_dir)
 
     @property
     def task_specs(self) -> list[TaskSpec]:
@@ -211,18 +213,21 @@ class MultiTaskDataModule(LightningDataModule):
                 ensure_pad_token(self._tokenizer, llm_tasks)
         return self._tokenizer
 
-    def _raw_task(self, spec: TaskSpec) -> datasets.DatasetDict:
-        if spec.name not in self._raw:
-            # Builder/hub sources use the standard `datasets` cache ($HF_DATASETS_CACHE), where
-            # datasets downloaded earlier (e.g. before going offline) already are.
-            self._raw[spec.name] = load_task(spec, self.data_dir)
+    def _raw_task(self, spec: TaskSpec, split: str) -> datasets.DatasetDict:
+        loaded = self._raw.get(spec.name)
+        if loaded is None or split not in loaded:
+            # Evaluation-only runs read only the evaluation files; a later need for the training
+            # split reads everything (the same examples: loading is deterministic per split).
+            # Builder/hub sources use the standard `datasets` cache ($HF_DATASETS_CACHE).
+            eval_only = split != "train" and loaded is None
+            self._raw[spec.name] = load_task(spec, self.data_dir, splits=("validation", "test") if eval_only else None)
         return self._raw[spec.name]
 
     def _build(self, split: str) -> dict[str, datasets.Dataset]:
         if split not in self._data:
             built = {}
             for spec in self._specs:
-                raw = self._raw_task(spec)[split]
+                raw = self._raw_task(spec, split)[split]
                 if spec.kind == "image_classification":
                     is_array = isinstance(raw.features["image"], datasets.Array2D)
                     built[spec.name] = raw.with_format("numpy") if is_array else raw

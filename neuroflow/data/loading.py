@@ -9,7 +9,7 @@ text columns (`neuroflow.data.prompts`). Everything downstream (tokenization, co
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -157,11 +157,39 @@ def canonicalize(spec: TaskSpec, table: Columns | datasets.Dataset, where: str) 
     return datasets.Dataset.from_dict(data, features=features)
 
 
+def source_splits_for(spec: TaskSpec, ours: Sequence[str]) -> set[str]:
+    """The source splits that our splits `ours` are read from (a carved split needs its pool)."""
+    needed: set[str] = set()
+    for split in ours:
+        if split in spec.splits:
+            needed.add(spec.splits[split])
+        else:
+            needed.add(spec.splits.get(spec.split_from, spec.split_from))
+    return needed
+
+
+def restrict_to_splits(spec: TaskSpec, ours: Sequence[str]) -> TaskSpec:
+    """`spec` reading only the data files of the source splits `ours` need (an evaluation does not
+    need the training file, unless its splits are carved from it)."""
+    files = spec.source.get("data_files")
+    if not isinstance(files, Mapping):
+        return spec
+    needed = source_splits_for(spec, ours)
+    kept = {k: v for k, v in files.items() if k in needed}
+    if kept == dict(files):
+        return spec
+    import dataclasses
+
+    # Only the source changes: the splits (and their validation) stay those of the whole spec.
+    return dataclasses.replace(spec, source={**spec.source, "data_files": kept})
+
+
 def load_task(
     spec: TaskSpec,
     data_dir: str | os.PathLike | None = None,
     cache_dir: str | None = None,
     max_examples: Mapping[str, int | None] | None = None,
+    splits: Sequence[str] | None = None,
 ) -> datasets.DatasetDict:
     """Load a task's `train`/`validation`/`test` splits with canonical columns.
 
@@ -173,14 +201,21 @@ def load_task(
         data_dir: base of relative data file paths (default `neuroflow.hub.default_data_dir()`).
         cache_dir: `datasets` cache for builder/hub sources (default: the `datasets` default).
         max_examples: caps per split overriding `spec.max_examples` (None entries keep the spec's).
+        splits: only these of our splits (their files alone are read; the result holds just
+            them, identical to the same splits of a full load); None = all three.
 
     Raises:
         ValueError: a missing file, split or column, or a bad label, naming the task.
     """
     data_dir = Path(data_dir if data_dir is not None else default_data_dir()).expanduser()
-    raw = read_source(spec, data_dir, cache_dir)
+    wanted = list(splits) if splits is not None else list(SPLITS)
+    # Only the files of the wanted splits are read; the bookkeeping below uses the whole spec,
+    # so that carved splits come out exactly as in a full load.
+    raw = read_source(restrict_to_splits(spec, wanted) if splits is not None else spec, data_dir, cache_dir)
     out: dict[str, datasets.Dataset] = {}
     for ours, theirs in spec.splits.items():
+        if splits is not None and theirs not in source_splits_for(spec, wanted):
+            continue
         if theirs not in raw:
             raise ValueError(
                 f"task {spec.name!r}: source split {theirs!r} (our {ours!r}) not found; the source has "
@@ -190,7 +225,7 @@ def load_task(
         out[ours] = canonicalize(spec, table, where)
 
     missing = spec.missing_splits()
-    if missing:
+    if missing and spec.split_from in out:
         pool = out[spec.split_from]
         fractions = {s: spec.split_fractions[s] for s in missing}
         rest, made = carve_splits(np.asarray(pool["label"]), fractions, spec.split_seed)
@@ -200,10 +235,12 @@ def load_task(
 
     caps = dict(spec.max_examples)
     caps.update({k: v for k, v in (max_examples or {}).items() if v is not None})
-    for split in SPLITS:
+    for split in wanted:
+        if split not in out:
+            raise ValueError(f"task {spec.name!r}: split {split!r} has no source (check `splits`)")
         idx = cap_indices(np.asarray(out[split]["label"]), caps.get(split), spec.split_seed)
         if idx is not None:
             out[split] = out[split].select(idx)
         if len(out[split]) == 0:
             raise ValueError(f"task {spec.name!r}: split {split!r} is empty")
-    return datasets.DatasetDict({s: out[s] for s in SPLITS})
+    return datasets.DatasetDict({s: out[s] for s in wanted})

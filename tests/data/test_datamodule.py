@@ -121,7 +121,9 @@ def test_user_task_from_task_dirs(tmp_path, cache):
 def test_bad_input_is_reported_before_training(real_data_dir, cache, tmp_path):
     with pytest.raises(ValueError, match=r"unknown task 'sst5'; known tasks: agnews, .*trec"):
         make(real_data_dir, cache, tasks=("sst5",))
-    with pytest.raises(ValueError, match=r"task 'sst2': data file 'sst2/stsa.binary.train' not found"):
+    # an empty data dir: the evaluation files are missing at construction (the training file is
+    # checked when a fit sets up, before its first step: tests/data/test_eval_only_loading.py)
+    with pytest.raises(ValueError, match=r"task 'sst2': data file 'sst2/stsa.binary.dev' not found"):
         make(str(tmp_path), cache, tasks=("sst2",))
     with pytest.raises(ValueError, match="data.tokenizer is required for the text tasks"):
         MultiTaskDataModule(["trec"], data_dir=real_data_dir)
