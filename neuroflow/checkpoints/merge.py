@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,9 +33,8 @@ from neuroflow.checkpoints.output import (
 from neuroflow.checkpoints.shard_writer import ShardWriter
 from neuroflow.checkpoints.source import checkpoint_experts
 from neuroflow.merging.base import MergeMethod
-from neuroflow.merging.neuromerging import NeuroMerging
 from neuroflow.merging.engine import merge_stream
-from neuroflow.merging.routing import matches, routing_from_module
+from neuroflow.merging.routing import routing_from_module
 
 log = logging.getLogger(__name__)
 # Architectures storing some Linear-like weights as `in x out` (transformers' Conv1D): only their
@@ -194,10 +192,11 @@ def _write(base_ref, base, source, readers, facts, report, method, out, max_shar
            command, config, exclude, progress) -> dict[str, Any]:
     out_dtype = OUTPUT_DTYPES[dtype] if dtype else None
     plan = _output_plan(base, report, out_dtype)
-    # Only NeuroMerging treats neurons differently from points, and the module routing needs
-    # transformers (seconds to import): it is built only where it differs from the shape rule.
+    # Neuron-wise methods (NeuroMerging, TSV-M, Iso-C, RegMean) need the real neuron axis; the
+    # module routing needs the architecture built on the meta device, so it is built only where
+    # it differs from the shape rule (transposed Conv1D weights, conv kernels).
     needs_modules = base.config.get("model_type") in TRANSPOSED_MODEL_TYPES or any(len(base.meta(n)[0]) > 2 for n in base)
-    routing = routing_for(base.config, list(base)) if isinstance(method, NeuroMerging) and needs_modules else None
+    routing = routing_for(base.config, list(base)) if needs_modules else None
     tmp = make_temporary(out)
     writer = None
     try:
