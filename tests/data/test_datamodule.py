@@ -125,8 +125,10 @@ def test_bad_input_is_reported_before_training(real_data_dir, cache, tmp_path):
     # checked when a fit sets up, before its first step: tests/data/test_eval_only_loading.py)
     with pytest.raises(ValueError, match=r"task 'sst2': data file 'sst2/stsa.binary.dev' not found"):
         make(str(tmp_path), cache, tasks=("sst2",))
+    # unset until first use (merge/test fill it from the experts' base), refused before any batch
+    unset = MultiTaskDataModule(["trec"], data_dir=real_data_dir, cache_dir=cache)
     with pytest.raises(ValueError, match="data.tokenizer is required for the text tasks"):
-        MultiTaskDataModule(["trec"], data_dir=real_data_dir)
+        unset.setup("fit")
     with pytest.raises(ValueError, match=r"data.tasks names \['trec'\] more than once"):
         make(real_data_dir, cache, tasks=("trec", "trec"))
 
