@@ -1,0 +1,92 @@
+"""Buffers of the streamed merge: recycled tensor storage and task-vector stacks built in place.
+
+Split from `engine.py` (which orchestrates the stream): these only decide where the bytes of one
+tensor's task vectors live, never what is computed with them.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import threading
+
+import torch
+from torch import Tensor
+
+from neuroflow.merging.task_vectors import TaskVectors, compute_dtype
+
+
+class Recycler:
+    """Buffers reused for the next tensor of the same size once nothing references them: the same
+    shapes recur layer after layer, and a fresh multi-megabyte buffer costs more in page faults
+    than the arithmetic done in it. At most `cap` bytes are kept free.
+
+    Args:
+        cap: bytes of free buffers kept at most.
+    """
+
+    def __init__(self, cap: int) -> None:
+        self.cap, self._bytes = cap, 0
+        self._free: dict[tuple[int, torch.dtype], list[Tensor]] = {}
+        self._lock = threading.Lock()
+
+    def empty(self, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
+        numel = math.prod(shape)
+        with self._lock:
+            free = self._free.get((numel, dtype))
+            held = free.pop() if free else None
+            if held is not None:
+                self._bytes -= numel * dtype.itemsize
+        if held is None:
+            return torch.empty(shape, dtype=dtype)
+        # A new tensor on the held storage (not a view: views would pin the old tensor object).
+        return torch.empty(0, dtype=dtype).set_(held.untyped_storage(), 0, shape)
+
+    def release(self, tensor: Tensor) -> None:
+        """Keep `tensor` for reuse if the caller's reference is the only one (no view, no copy of
+        the reference anywhere): then nothing can observe its later contents."""
+        # References: the caller's variable, this argument, getrefcount's argument.
+        if sys.getrefcount(tensor) > 3 or torch._C._storage_Use_Count(tensor.untyped_storage()._cdata) > 2:
+            return
+        if tensor.device.type != "cpu" or tensor.requires_grad or tensor.storage_offset() != 0:
+            return
+        size = tensor.numel() * tensor.element_size()
+        if size == 0 or tensor.untyped_storage().nbytes() != size:
+            return
+        with self._lock:
+            if self._bytes + size <= self.cap:
+                self._free.setdefault((tensor.numel(), tensor.dtype), []).append(tensor)
+                self._bytes += size
+
+
+class StreamTaskVectors(TaskVectors):
+    """`TaskVectors` whose `stack` writes each expert's row in place: the stored tensor is cast
+    into its row, then the base (cast once per tensor) is subtracted. The same float arithmetic as
+    `as_task_vector` (exact upcast, one rounding in the subtraction), so values are bit-identical,
+    without two temporaries per expert; buffers come from the stream's `Recycler`."""
+
+    recycler: Recycler | None = None
+
+    def _empty(self, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
+        return self.recycler.empty(shape, dtype) if self.recycler else torch.empty(shape, dtype=dtype)
+
+    def stack(self, name: str, base: Tensor | None = None) -> Tensor:
+        base = self.base[name] if base is None else base
+        if self._custom_task_vector or not base.is_floating_point():
+            return super().stack(name, base)
+        dtype = compute_dtype(base.dtype)
+        out = self._empty((self.num_tasks, *base.shape), dtype)
+        base_c = None
+        if not self.experts.task_vectors:
+            base_c = self._empty(tuple(base.shape), dtype).copy_(base.detach()) if base.dtype != dtype else base.detach().cpu()
+        for i in range(self.num_tasks):
+            stored = self.experts.get(i, name).detach()
+            if not stored.is_floating_point() or tuple(stored.shape) != tuple(base.shape):
+                return super().stack(name, base)  # the generic path raises the precise error
+            out[i].copy_(stored)
+            del stored
+            if base_c is not None:
+                out[i].sub_(base_c)
+        if base_c is not None and self.recycler and base_c.data_ptr() != base.data_ptr():
+            self.recycler.release(base_c)
+        return out
