@@ -153,3 +153,27 @@ def test_threads_and_prefetch_do_not_change_results(llama, tmp_path) -> None:
     merge_checkpoints(str(llama["base"]), [str(p) for p in llama["experts"]], method, str(tmp_path / "b"), threads=2)
     a, b = folder_state(tmp_path / "a"), folder_state(tmp_path / "b")
     assert all(torch.equal(a[n], b[n]) for n in a)
+
+
+def test_gpt2_conv1d_weights_are_routed_by_their_modules(tmp_path) -> None:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from neuroflow.merging import routing_from_module
+
+    from .conftest import perturbed
+
+    config = GPT2Config(vocab_size=64, n_positions=16, n_embd=32, n_layer=2, n_head=2)
+    base = GPT2LMHeadModel(config)
+    base.save_pretrained(str(tmp_path / "base"))
+    for i in range(2):
+        expert = GPT2LMHeadModel(config)
+        expert.load_state_dict(base.state_dict())
+        perturbed(expert, seed=30 + i).save_pretrained(str(tmp_path / f"e{i}"))
+    method = NeuroMerging(mask_rate=0.5)
+    state = folder_state(tmp_path / "base")
+    routing = routing_from_module(base)
+    assert routing["transformer.h.0.attn.c_attn.weight"].axis == 1
+    expected = merge_state_dicts(state, [folder_state(tmp_path / f"e{i}") for i in range(2)], method,
+                                 routing={n: r for n, r in routing.items() if n in state})
+    merge_checkpoints(str(tmp_path / "base"), [str(tmp_path / f"e{i}") for i in range(2)], method, str(tmp_path / "out"))
+    assert_same(tmp_path / "out", expected)
