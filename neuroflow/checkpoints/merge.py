@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from neuroflow.atomic import clean_stale, make_temp_dir
 from neuroflow.checkpoints.adapter import AdapterExpert, is_adapter
 from neuroflow.checkpoints.checks import CheckReport, check_experts
 from neuroflow.checkpoints.errors import CheckpointError
@@ -28,7 +29,7 @@ from neuroflow.checkpoints.folder import CheckpointFolder, has_weights
 from neuroflow.checkpoints.hub import ADAPTER_WEIGHTS, MODEL_WEIGHTS, SMALL_FILES, RemoteHeaders, fetch, is_hub_id
 from neuroflow.checkpoints.model_card import build_merge_card, write_cards
 from neuroflow.checkpoints.output import (
-    clean_stale_temporaries, copy_side_files, dtype_name, finish, make_temporary, write_config,
+    copy_side_files, dtype_name, finish, write_config,
 )
 from neuroflow.checkpoints.shard_writer import ShardWriter
 from neuroflow.checkpoints.source import checkpoint_experts
@@ -157,7 +158,7 @@ def merge_checkpoints(
     if not experts:
         raise CheckpointError("no experts given: merging needs at least one expert")
     out = Path(output_dir)
-    for stale in clean_stale_temporaries(out):
+    for stale in clean_stale(out):
         log.warning("removed %s, left by an interrupted merge", stale)
 
     base_kind = classify(base)
@@ -197,7 +198,7 @@ def _write(base_ref, base, source, readers, facts, report, method, out, max_shar
     # it differs from the shape rule (transposed Conv1D weights, conv kernels).
     needs_modules = base.config.get("model_type") in TRANSPOSED_MODEL_TYPES or any(len(base.meta(n)[0]) > 2 for n in base)
     routing = routing_for(base.config, list(base)) if needs_modules else None
-    tmp = make_temporary(out)
+    tmp = make_temp_dir(out)
     writer = None
     try:
         stream = merge_stream(base, source, method, routing=routing, exclude=exclude, progress=progress, threads=threads)

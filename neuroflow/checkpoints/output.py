@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -25,58 +24,13 @@ COPIED_FILES = (
     "tokenizer.model", "spiece.model", "vocab.txt", "vocab.json", "merges.txt", "added_tokens.json",
     "chat_template.jinja", "chat_template.json", "preprocessor_config.json",
 )
-_TMP_MARK = ".tmp-"
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def clean_stale_temporaries(out: str | os.PathLike) -> list[Path]:
-    """Delete temporaries of `out` left by merges whose process no longer runs.
-
-    Args:
-        out: the final output folder.
-
-    Returns:
-        the folders removed.
-    """
-    out = Path(out)
-    removed = []
-    if not out.parent.is_dir():
-        return removed
-    for candidate in out.parent.glob(f".{out.name}{_TMP_MARK}*"):
-        parts = candidate.name[len(f".{out.name}{_TMP_MARK}"):].split("-")
-        if len(parts) == 2 and parts[0].isdigit() and candidate.is_dir() and not _pid_alive(int(parts[0])):
-            shutil.rmtree(candidate, ignore_errors=True)
-            removed.append(candidate)
-    return removed
-
-
-def make_temporary(out: str | os.PathLike) -> Path:
-    """A new empty temporary folder next to `out` (same file system, so the final rename is atomic).
-
-    Args:
-        out: the final output folder.
-    """
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}{_TMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    return tmp
 
 
 def finish(tmp: str | os.PathLike, out: str | os.PathLike) -> None:
     """Move the complete temporary folder to `out` (an existing `out` is replaced).
 
     Args:
-        tmp: from `make_temporary`.
+        tmp: from `neuroflow.atomic.make_temp_dir`.
         out: the final folder.
     """
     replace_dir(tmp, out)

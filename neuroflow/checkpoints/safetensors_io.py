@@ -24,21 +24,9 @@ import torch
 from torch import Tensor
 
 from neuroflow.checkpoints.errors import CheckpointError
+from neuroflow.merging.sources import SAFETENSORS_DTYPES
 
-DTYPES: dict[str, torch.dtype] = {
-    "F64": torch.float64,
-    "F32": torch.float32,
-    "F16": torch.float16,
-    "BF16": torch.bfloat16,
-    "I64": torch.int64,
-    "I32": torch.int32,
-    "I16": torch.int16,
-    "I8": torch.int8,
-    "U8": torch.uint8,
-    "BOOL": torch.bool,
-    "F8_E4M3": torch.float8_e4m3fn,
-    "F8_E5M2": torch.float8_e5m2,
-}
+DTYPES: dict[str, torch.dtype] = {**SAFETENSORS_DTYPES, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}
 CODES: dict[torch.dtype, str] = {dtype: code for code, dtype in DTYPES.items()}
 # safetensors itself refuses headers above 100 MB; a larger length means a corrupt file.
 _MAX_HEADER = 100_000_000

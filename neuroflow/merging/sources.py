@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-_SAFETENSORS_DTYPES = {
+SAFETENSORS_DTYPES = {
     "F64": torch.float64,
     "F32": torch.float32,
     "F16": torch.float16,
@@ -163,9 +163,9 @@ class SafetensorsFile(Mapping[str, Tensor]):
         """Shape and dtype from the file header, without reading the tensor."""
         view = self._file.get_slice(name)
         code = view.get_dtype()
-        if code not in _SAFETENSORS_DTYPES:
+        if code not in SAFETENSORS_DTYPES:
             raise ValueError(f"{self.path}: tensor {name!r} has unsupported dtype {code}")
-        return tuple(view.get_shape()), _SAFETENSORS_DTYPES[code]
+        return tuple(view.get_shape()), SAFETENSORS_DTYPES[code]
 
 
 class DictExperts(ExpertSource):

@@ -12,7 +12,8 @@ import time
 import pytest
 
 from neuroflow.checkpoints import merge_checkpoints
-from neuroflow.checkpoints.output import clean_stale_temporaries, make_temporary
+from neuroflow.atomic import clean_stale as clean_stale_temporaries
+from neuroflow.atomic import make_temp_dir as make_temporary
 from neuroflow.merging import TIES
 
 SCRIPT = textwrap.dedent(
