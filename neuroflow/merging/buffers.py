@@ -89,4 +89,6 @@ class StreamTaskVectors(TaskVectors):
                 out[i].sub_(base_c)
         if base_c is not None and self.recycler and base_c.data_ptr() != base.data_ptr():
             self.recycler.release(base_c)
+        if name not in self._finite:
+            self._check(name, out)
         return out

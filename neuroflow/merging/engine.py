@@ -30,7 +30,7 @@ from neuroflow.merging.routing import SKIP, Route, matches, parse_route, route_b
 from neuroflow.merging.select import TrimStatistics
 from neuroflow.merging.sources import DictExperts, ExpertSource, tensor_meta
 from neuroflow.merging.task_vectors import compute_dtype
-from neuroflow.merging.validation import MergeInputError, validate_inputs
+from neuroflow.merging.validation import MergeInputError, all_finite, validate_inputs
 
 Progress = Callable[[str], Any] | Any  # a callable taking the tensor name, or a tqdm-like `.update(n)`
 # The next tensor's task vectors are read ahead only when they fit in this many bytes, so the
@@ -117,24 +117,8 @@ def _intra_op_threads(threads: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _all_finite(tensor: Tensor) -> bool:
-    """Whether every entry is finite, reading the tensor once without a full-size temporary."""
-    flat = tensor.reshape(-1)
-    if tensor.dtype in (torch.float32, torch.float64, torch.bfloat16):
-        # A finite sum proves every entry finite. bfloat16 sums accumulate in float32 inside the
-        # kernel (same exponent range); `sum(dtype=float32)` would first copy the whole tensor.
-        if bool(torch.isfinite(flat.sum())):
-            return True
-    else:
-        # Narrow dtypes (float16 overflows its sum easily): blocks summed in float32.
-        step = 1 << 20
-        if all(bool(torch.isfinite(flat[i : i + step].sum(dtype=torch.float32))) for i in range(0, flat.numel(), step)):
-            return True
-    return bool(torch.isfinite(tensor).all())
-
-
 def _check_merged_finite(tensor: Tensor, name: str, method: MergeMethod) -> None:
-    if _all_finite(tensor):
+    if all_finite(tensor):
         return
     bad = bool(torch.isnan(tensor).any())
     raise MergeInputError(
@@ -275,8 +259,9 @@ def merge_stream(
             references is never reused.
 
     Raises:
-        MergeInputError: inputs that cannot be merged (before any statistics), and, while
-            iterating, a merged tensor with NaN/Inf values (before it is yielded).
+        MergeInputError: inputs that cannot be merged (names, shapes, dtypes, routes: before any
+            statistics); NaN/Inf input values, where they are first read (the statistics pass, or
+            the merge of that tensor, before it is yielded); a merged tensor with NaN/Inf values.
     """
     if not isinstance(method, MergeMethod):
         raise TypeError(f"method must be a MergeMethod, got {type(method).__name__}")

@@ -158,7 +158,7 @@ class NeuroMerging(MergeMethod):
             return torch.zeros_like(base)
         thresholds = stats["trim"].thresholds
         if route.kind != "neuron":
-            return stats["lambda_2"] * ties_merge(trim_tasks_(task_vectors, thresholds))
+            return ties_merge(task_vectors, thresholds=thresholds).mul_(stats["lambda_2"])
         w0 = route.to_neurons(base)
         rows = route.to_neurons(task_vectors, leading=1)
         rows_per_chunk = max(1, _CHUNK_ELEMENTS // (rows.shape[0] * rows.shape[2]))

@@ -23,6 +23,13 @@ def kth_index(numel: int, mask_rate: float) -> int:
     return min(numel, max(0, math.floor(numel * mask_rate)))
 
 
+def _limits(thresholds: list[Tensor | float | None], x: Tensor) -> Tensor:
+    """The per-task thresholds as a `(T, 1, ...)` tensor broadcasting over `x`, in a dtype that
+    compares them exactly (a threshold from a wider dtype is not rounded to `x`'s)."""
+    limits = torch.stack([torch.as_tensor(t) for t in thresholds])
+    return limits.to(torch.promote_types(limits.dtype, x.dtype)).reshape(-1, *([1] * (x.dim() - 1)))
+
+
 def trim_tasks_(x: Tensor, thresholds: list[Tensor | float | None]) -> Tensor:
     """Zero, in place, every entry of task row t with `|x| < thresholds[t]`; entries equal to the
     threshold are kept (ties kept). Returns `x`.
@@ -40,11 +47,12 @@ def trim_tasks_(x: Tensor, thresholds: list[Tensor | float | None]) -> Tensor:
             if threshold is not None:
                 trim_tasks_(row[None], [threshold])
         return x
-    limits = torch.stack([torch.as_tensor(t) for t in thresholds])
-    limits = limits.to(torch.promote_types(limits.dtype, x.dtype)).reshape(-1, *([1] * (x.dim() - 1)))
+    return _trim_by_limits_(x, _limits(thresholds, x))
+
+
+def _trim_by_limits_(x: Tensor, limits: Tensor) -> Tensor:
     magnitude = x.abs()
     if limits.dtype != x.dtype:
-        # A threshold from a wider dtype (mixed-precision models) is compared exactly.
         magnitude = magnitude.to(limits.dtype)
     # Multiplying by the keep mask is about twice as fast as masked_fill_ (inputs are finite).
     return x.mul_(magnitude >= limits)
@@ -75,13 +83,20 @@ def elect_signs(x: Tensor, group_dim: int | None = None) -> Tensor:
         group_dim: dimension of `x` (>= 1) spanning a tie-fallback group (e.g. the components of one
             neuron); None makes all coordinates one group (a whole tensor).
     """
-    sign = torch.sign(x.sum(dim=0))
-    if group_dim is None:
-        fallback = torch.sign(sign.sum())
-    else:
-        if group_dim < 1:
-            raise ValueError(f"group_dim must index a non-task dimension (>= 1), got {group_dim}")
-        fallback = torch.sign(sign.sum(dim=group_dim - 1, keepdim=True))
+    if group_dim is not None and group_dim < 1:
+        raise ValueError(f"group_dim must index a non-task dimension (>= 1), got {group_dim}")
+    return signs_from_sums(x.sum(dim=0), None if group_dim is None else group_dim - 1)
+
+
+def signs_from_sums(total: Tensor, group_dim: int | None = None) -> Tensor:
+    """`elect_signs` from the per-coordinate sums over tasks (`total = x.sum(0)`).
+
+    Args:
+        total: summed task values per coordinate, shape `x.shape[1:]`.
+        group_dim: dimension of `total` spanning a tie-fallback group; None: the whole tensor.
+    """
+    sign = torch.sign(total)
+    fallback = torch.sign(sign.sum() if group_dim is None else sign.sum(dim=group_dim, keepdim=True))
     return torch.where(sign == 0, fallback, sign)
 
 
@@ -98,11 +113,46 @@ def disjoint_mean(x: Tensor, sign: Tensor) -> Tensor:
     return total / count
 
 
-def ties_merge(x: Tensor, group_dim: int | None = None) -> Tensor:
-    """Sign election followed by the disjoint mean ("TIES merge" without trimming).
+# Columns per block of the blocked merge: T x 16384 float32 values and their few temporaries stay
+# in a core's L2 cache, where the element-wise steps run several times faster than on whole
+# tensors (whose temporaries, T x numel each, would also have to be faulted in).
+_BLOCK_COLUMNS = 1 << 14
+
+
+def ties_merge(x: Tensor, group_dim: int | None = None, thresholds: list[Tensor | float | None] | None = None) -> Tensor:
+    """Trim (when `thresholds` are given, in place), elect signs, then take the disjoint mean.
+
+    With one tie-fallback group per tensor (`group_dim=None`) the steps run over blocks of
+    columns in two sweeps (trim and sum; disjoint mean with the elected signs), which gives the
+    same values as the whole-tensor steps (every step is column-wise but the fallback, which the
+    first sweep's sums decide) at a fraction of the memory traffic.
 
     Args:
-        x: per-task values, shape `(T, ...)`.
+        x: per-task values, shape `(T, ...)`; trimmed in place when `thresholds` are given.
         group_dim: tie-fallback group dimension, see `elect_signs`.
+        thresholds: per-task magnitude thresholds for `trim_tasks_` (None: no trim).
     """
-    return disjoint_mean(x, elect_signs(x, group_dim))
+    if group_dim is not None or x.dim() < 2 or x[0].numel() <= _BLOCK_COLUMNS or not x.is_contiguous():
+        if thresholds is not None:
+            trim_tasks_(x, thresholds)
+        return disjoint_mean(x, elect_signs(x, group_dim))
+    if thresholds is not None and len(thresholds) != x.shape[0]:
+        raise ValueError(f"got {len(thresholds)} thresholds for {x.shape[0]} tasks")
+    flat = x.reshape(x.shape[0], -1)
+    total = torch.empty(flat.shape[1], dtype=x.dtype)
+    trim = thresholds is not None and any(t is not None for t in thresholds)
+    partial = trim and any(t is None for t in thresholds)
+    limits = _limits(thresholds, flat) if trim and not partial else None
+    blocks = [slice(start, start + _BLOCK_COLUMNS) for start in range(0, flat.shape[1], _BLOCK_COLUMNS)]
+    for block in blocks:
+        part = flat[:, block]
+        if partial:
+            trim_tasks_(part, thresholds)
+        elif limits is not None:
+            _trim_by_limits_(part, limits)
+        torch.sum(part, dim=0, out=total[block])
+    sign = signs_from_sums(total)
+    out = total  # each block's sums are read before its means overwrite them
+    for block in blocks:
+        out[block] = disjoint_mean(flat[:, block], sign[block])
+    return out.reshape(x.shape[1:])

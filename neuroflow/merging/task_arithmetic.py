@@ -26,4 +26,4 @@ class TaskArithmetic(MergeMethod):
         self.scaling = check_finite(self, "scaling", scaling)
 
     def merge_tensor(self, name: str, base: Tensor, task_vectors: Tensor, route: Route, stats: dict[str, Any]) -> Tensor:
-        return self.scaling * task_vectors.sum(dim=0)
+        return task_vectors.sum(dim=0).mul_(self.scaling)

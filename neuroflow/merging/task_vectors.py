@@ -17,7 +17,7 @@ from torch import Tensor
 from neuroflow.merging.routing import Route
 from neuroflow.merging.select import TrimStatistics, streamed_trim_statistics
 from neuroflow.merging.sources import ExpertSource, as_task_vector, tensor_meta
-from neuroflow.merging.validation import MergeInputError, non_float_message
+from neuroflow.merging.validation import MergeInputError, all_finite, check_values, non_float_message
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -49,6 +49,9 @@ class TaskVectors:
                 raise MergeInputError(non_float_message(name, dtype, routing[name]))
         self._trim_cache: dict[float, TrimStatistics] = {}
         self._custom_task_vector = type(experts).task_vector is not ExpertSource.task_vector
+        # Names whose task vectors were seen whole and finite: every input value is checked once,
+        # where it is first read (statistics pass or merge), not in an extra pass of its own.
+        self._finite: set[str] = set()
 
     @property
     def num_tasks(self) -> int:
@@ -72,7 +75,17 @@ class TaskVectors:
         out = torch.empty((self.num_tasks, *base.shape), dtype=dtype)
         for i in range(self.num_tasks):
             self.experts.task_vector(i, name, base, dtype, out=out[i])
+        if name not in self._finite:
+            self._check(name, out)
         return out
+
+    def _check(self, name: str, values: Tensor) -> None:
+        """Refuse non-finite task vectors, naming the base or expert tensor behind them."""
+        # NaN or Inf in the base or an expert makes the difference non-finite, so one finite sum
+        # of the task vectors clears every input of this tensor.
+        if not all_finite(values):
+            check_values(self.base, self.experts, name)
+        self._finite.add(name)
 
     def __iter__(self) -> Iterator[tuple[str, Tensor]]:
         for name in self.names:
@@ -111,7 +124,11 @@ class TaskVectors:
                 block = torch.empty((self.num_tasks, block_base.numel()), dtype=dtype)
                 for i, values in enumerate(stored):
                     as_task_vector(values[start : start + chunk_size], block_base, dtype, is_task_vector, out=block[i])
+                if name not in self._finite and not all_finite(block):
+                    check_values(self.base, self.experts, name)
                 yield block
+            if stride == 1:
+                self._finite.add(name)
 
     def trim_statistics(self, mask_rate: float) -> TrimStatistics:
         """Exact per-task global magnitude threshold and removed-mass ratio over all merged tensors.

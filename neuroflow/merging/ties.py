@@ -8,7 +8,7 @@ from torch import Tensor
 
 from neuroflow.merging.base import MergeMethod
 from neuroflow.merging.routing import Route
-from neuroflow.merging.steps import tensor_threshold, ties_merge, trim_tasks_
+from neuroflow.merging.steps import tensor_threshold, ties_merge
 from neuroflow.merging.task_vectors import TaskVectors
 from neuroflow.merging.validation import check_choice, check_finite, check_range
 
@@ -44,4 +44,4 @@ class TIES(MergeMethod):
             thresholds = stats["trim"].thresholds
         else:
             thresholds = [tensor_threshold(tv, self.mask_rate) for tv in task_vectors]
-        return self.scaling * ties_merge(trim_tasks_(task_vectors, thresholds))
+        return ties_merge(task_vectors, thresholds=thresholds).mul_(self.scaling)

@@ -141,15 +141,28 @@ def check_choice(method: object, name: str, value: _Choice, choices: Collection[
     raise ValueError(f"{_owner(method)}: {name} must be one of {allowed}, got {value!r}")
 
 
-def _check_finite_tensor(tensor: Tensor, what: str) -> None:
+def all_finite(tensor: Tensor) -> bool:
+    """Whether every entry is finite, reading the tensor once without a full-size temporary."""
     if not tensor.is_floating_point():
-        return
-    # A finite sum proves every entry finite at the cost of one read; only a non-finite sum (a
-    # NaN/Inf, or an overflow of huge finite values) needs the exact element-wise check.
-    wide = tensor.dtype if tensor.dtype in (torch.float32, torch.float64) else torch.float32
-    if bool(torch.isfinite(tensor.sum(dtype=wide))):
-        return
-    if not bool(torch.isfinite(tensor).all()):
+        return True
+    flat = tensor.reshape(-1)
+    if tensor.dtype in (torch.float32, torch.float64, torch.bfloat16):
+        # A finite sum proves every entry finite; only a non-finite sum (a NaN/Inf, or an
+        # overflow of huge finite values) needs the element-wise check. bfloat16 sums accumulate
+        # in float32 inside the kernel (same exponent range); `sum(dtype=float32)` would first
+        # copy the whole tensor.
+        if bool(torch.isfinite(flat.sum())):
+            return True
+    else:
+        # Narrow dtypes (float16 overflows its sum easily): blocks summed in float32.
+        step = 1 << 20
+        if all(bool(torch.isfinite(flat[i : i + step].sum(dtype=torch.float32))) for i in range(0, flat.numel(), step)):
+            return True
+    return bool(torch.isfinite(tensor).all())
+
+
+def _check_finite_tensor(tensor: Tensor, what: str) -> None:
+    if not all_finite(tensor):
         bad = "NaN" if bool(torch.isnan(tensor).any()) else "Inf"
         raise MergeInputError(f"{what} contains {bad} values; refusing to merge")
 
@@ -174,7 +187,8 @@ def validate_inputs(
     Checks, in order: at least one expert; only floating-point tensors merged; routes consistent
     with shapes; every merged tensor
     present in every expert with the base's shape and dtype; no expert tensor the base lacks (unless
-    excluded); no NaN/Inf in the merged tensors of the base and the experts.
+    excluded). Values (NaN/Inf) are checked where they are first read, by `TaskVectors` (see
+    `check_values`), so the inputs are not read an extra time.
 
     Args:
         base: the pre-trained weights.
@@ -215,8 +229,19 @@ def validate_inputs(
                 + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else "")
                 + "; exclude it with a pattern if it is a task head"
             )
-    for name in merged:
-        _check_finite_tensor(base[name], f"base tensor {name!r}")
+
+
+def check_values(base: Mapping[str, Tensor], experts: ExpertSource, name: str) -> None:
+    """Name the input behind non-finite task vectors of tensor `name` (the base's or an expert's
+    NaN/Inf), or, when every input is finite, the overflow of their difference.
+
+    Raises:
+        MergeInputError: always; called once the task vectors were found not finite.
+    """
+    _check_finite_tensor(base[name], f"base tensor {name!r}")
     for i in range(len(experts)):
-        for name in merged:
-            _check_finite_tensor(experts.get(i, name), f"{experts.describe(i)}: tensor {name!r}")
+        _check_finite_tensor(experts.get(i, name), f"{experts.describe(i)}: tensor {name!r}")
+    raise MergeInputError(
+        f"the task vectors of tensor {name!r} (expert minus base) overflow to Inf although every input "
+        "value is finite; refusing to merge"
+    )

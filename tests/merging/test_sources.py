@@ -86,5 +86,6 @@ def test_a_lazy_base_is_read_once_per_pass(tmp_path) -> None:
     lazy = CountingFile(tmp_path / "base.safetensors")
     out = merge_state_dicts(lazy, experts, NeuroMerging(mask_rate=0.5))
     assert all(torch.equal(out[k], merge_state_dicts(base, experts, NeuroMerging(mask_rate=0.5))[k]) for k in base)
-    # validation (finiteness) + statistics pass + merge pass, 4 tensors each; small models skip the sample pass
-    assert CountingFile.reads == 3 * len(base)
+    # statistics pass + merge pass, 4 tensors each (values are checked finite as they are first
+    # read, not in a pass of their own); small models skip the sample pass
+    assert CountingFile.reads == 2 * len(base)

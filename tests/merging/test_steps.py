@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
+from neuroflow.merging import steps
 from neuroflow.merging.steps import (
     disjoint_mean,
     elect_signs,
@@ -82,3 +84,43 @@ def test_grouped_fallback_is_per_group() -> None:
 def test_zeros_never_count_in_the_mean() -> None:
     x = t([0, 0], [4, 0], [2, 0])
     assert torch.allclose(ties_merge(x), t(3, 0))
+
+
+def _whole_tensor_ties(x: torch.Tensor, thresholds) -> torch.Tensor:
+    """The unblocked composition the blocked `ties_merge` must reproduce bit for bit."""
+    return disjoint_mean(x, elect_signs(trim_tasks_(x, thresholds)))
+
+
+@pytest.mark.parametrize("fallback", [1.0, -1.0, 0.0])
+def test_blocked_ties_merge_equals_the_whole_tensor_steps(fallback: float) -> None:
+    # Several blocks (and a ragged last one) with exact cancellations (+a, -a) whose sign comes
+    # from the tensor-wide fallback, which the blocks only know after the first sweep.
+    g = torch.Generator().manual_seed(0)
+    half = (3 * steps._BLOCK_COLUMNS + 126) // 2
+    first = torch.randn(3, half, generator=g).abs()
+    first[1, ::5] = -first[0, ::5]  # exact cancellation: sum 0, some entries nonzero
+    first[2, ::5] = 0.0
+    # +1 / -1: most columns lean one way; 0: the second half mirrors the first exactly.
+    second = -first if fallback == 0.0 else first * fallback
+    flat = torch.cat([first * (1.0 if fallback >= 0 else -1.0), second], dim=1)
+    x = flat.reshape(3, -1, 6)
+    thresholds = [torch.tensor(0.3), torch.tensor(0.5), torch.tensor(0.1)]
+    trimmed = trim_tasks_(x.clone(), thresholds)
+    total = trimmed.sum(0)
+    assert ((total == 0) & (trimmed != 0).any(0)).any()
+    assert torch.sign(torch.sign(total).sum()).item() == fallback
+    expected = _whole_tensor_ties(x.clone(), thresholds)
+    got = ties_merge(x.clone(), thresholds=thresholds)
+    assert got.shape == x.shape[1:]
+    assert torch.equal(got, expected)
+
+
+def test_blocked_ties_merge_with_a_task_kept_whole_and_without_trim() -> None:
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(4, 2 * steps._BLOCK_COLUMNS + 5, generator=g)
+    for thresholds in ([None, torch.tensor(0.7), None, torch.tensor(1.1)], [None] * 4, None):
+        expected = _whole_tensor_ties(x.clone(), thresholds or [None] * 4)
+        trimmed = x.clone()
+        assert torch.equal(ties_merge(trimmed, thresholds=thresholds), expected)
+        # The trim happens in place, as trim_tasks_ does.
+        assert torch.equal(trimmed, trim_tasks_(x.clone(), thresholds or [None] * 4))

@@ -62,17 +62,48 @@ def test_dtype_mismatch(model) -> None:
     refused(base, experts, r"expert 1: tensor 'norm.weight' has dtype torch.float16, the base has torch.float32")
 
 
+class SeesOnlyFinite(MergeMethod):
+    """Statistics over the task vectors (as TIES does), then asserts every stack it merges is finite."""
+
+    def prepare(self, task_vectors):
+        return {"trim": task_vectors.trim_statistics(0.5)} if self.stats else {}
+
+    def __init__(self, stats: bool) -> None:
+        self.stats = stats
+
+    def merge_tensor(self, name, base, task_vectors, route, stats):
+        assert bool(torch.isfinite(task_vectors).all()), f"merge_tensor saw non-finite {name}"
+        return task_vectors.sum(0)
+
+
+@pytest.mark.parametrize("stats", [True, False], ids=["statistics-pass", "merge-pass"])
 @pytest.mark.parametrize("value, word", [(float("nan"), "NaN"), (float("inf"), "Inf"), (float("-inf"), "Inf")])
-def test_non_finite_expert_values(model, value: float, word: str) -> None:
+def test_non_finite_expert_values(model, value: float, word: str, stats: bool) -> None:
+    # Values are checked where they are first read (no extra pass over the inputs): by the
+    # statistics pass when the method has one, else before the method sees the tensor.
     base, experts = model
     experts[2]["emb.weight"][3, 1] = value
-    refused(base, experts, rf"expert 2: tensor 'emb.weight' contains {word}")
+    with pytest.raises(MergeInputError, match=rf"expert 2: tensor 'emb.weight' contains {word}"):
+        merge_state_dicts(base, experts, SeesOnlyFinite(stats))
 
 
-def test_non_finite_base_values(model) -> None:
+@pytest.mark.parametrize("stats", [True, False], ids=["statistics-pass", "merge-pass"])
+def test_non_finite_base_values(model, stats: bool) -> None:
     base, experts = model
     base["lin.bias"][0] = float("nan")
-    refused(base, experts, r"base tensor 'lin.bias' contains NaN")
+    with pytest.raises(MergeInputError, match=r"base tensor 'lin.bias' contains NaN"):
+        merge_state_dicts(base, experts, SeesOnlyFinite(stats))
+
+
+def test_finite_inputs_whose_difference_overflows_are_named(model) -> None:
+    base, experts = model
+    base["norm.weight"] = base["norm.weight"].clone()
+    base["norm.weight"][0] = -3.0e38
+    for e in experts:
+        e["norm.weight"] = e["norm.weight"].clone()
+        e["norm.weight"][0] = 3.0e38
+    with pytest.raises(MergeInputError, match=r"task vectors of tensor 'norm.weight' .* overflow"):
+        merge_state_dicts(base, experts, SeesOnlyFinite(False))
 
 
 def test_non_finite_in_excluded_tensor_is_not_an_error(model) -> None:
