@@ -14,6 +14,7 @@ the CPU); tensors that are not merged (integer/bool, excluded) are copies of the
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -206,6 +207,11 @@ class MergeStream:
         largest = max((math.prod(tensor_meta(self.base, n)[0]) for n in self.task_vectors.names), default=0)
         recycler = _Recycler((len(self.source) + 2) * largest * 4) if self.recycle else None
         self.task_vectors.recycler = recycler
+        # A reader thread beside maths threads that already occupy every core oversubscribes them:
+        # the OpenMP team then waits at each op's barrier for a descheduled worker (measured: 2
+        # threads + prefetch on 2 cores were slower than 1 thread).
+        maths_threads = self.threads or torch.get_num_threads()
+        prefetch = self.prefetch and maths_threads < (os.cpu_count() or 1)
         with torch.no_grad(), pool:
             pending: Future | None = None
             for index, name in enumerate(self.names):
@@ -216,7 +222,7 @@ class MergeStream:
                         tensor, stack = self._read(name)
                 pending = None
                 following = self.names[index + 1] if index + 1 < len(self.names) else None
-                if self.prefetch and following is not None and self._stack_bytes(following) <= PREFETCH_BYTES:
+                if prefetch and following is not None and self._stack_bytes(following) <= PREFETCH_BYTES:
                     # Read (and subtract) the next tensor while this one is merged: I/O and the
                     # task-vector arithmetic overlap the method's maths.
                     pending = pool.submit(self._read, following)
@@ -253,7 +259,8 @@ def merge_stream(
             name, or an object with `update(n)` such as `tqdm(total=len(base))`.
         threads: torch intra-op threads for the maths (None: torch's current setting).
         prefetch: read the next tensor's task vectors in a background thread while the current
-            one is merged (only when they fit in `PREFETCH_BYTES`).
+            one is merged (only when they fit in `PREFETCH_BYTES`, and only when `threads` leaves a
+            core free for it).
         recycle: reuse the buffers of task-vector stacks and base copies for later tensors of the
             same size (at most (T + 2) x the largest tensor is kept); a buffer the method still
             references is never reused.

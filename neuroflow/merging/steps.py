@@ -97,7 +97,9 @@ def signs_from_sums(total: Tensor, group_dim: int | None = None) -> Tensor:
     """
     sign = torch.sign(total)
     fallback = torch.sign(sign.sum() if group_dim is None else sign.sum(dim=group_dim, keepdim=True))
-    return torch.where(sign == 0, fallback, sign)
+    # sign + fallback * (1 - |sign|): the fallback exactly where sign is 0 (values are -1, 0, 1;
+    # float arithmetic instead of a where, which is several times slower on CPU).
+    return sign.add_(fallback * (1 - sign.abs()))
 
 
 def disjoint_mean(x: Tensor, sign: Tensor) -> Tensor:
@@ -107,10 +109,16 @@ def disjoint_mean(x: Tensor, sign: Tensor) -> Tensor:
         x: per-task values, shape `(T, ...)`.
         sign: elected signs, shape `x.shape[1:]` (from `elect_signs`).
     """
-    agree = torch.where(sign > 0, x > 0, x < 0)
-    total = torch.where(agree, x, torch.zeros((), dtype=x.dtype)).sum(dim=0)
-    count = agree.sum(dim=0).clamp_(min=1)
-    return total / count
+    # A sign of 0 keeps the negative entries, as the reference's `torch.where(sign > 0, x > 0,
+    # x < 0)` does. With s = +-1, the agreeing entries are those with x * s > 0: their magnitudes
+    # are (x * s) clamped at 0, and their signed sum is s times the sum of those (negation is exact),
+    # so the result equals the masked mean without any bool mask (several times faster).
+    s = torch.sub(sign, 0.5, out=torch.empty(sign.shape, dtype=x.dtype)).sign_()  # -1, 0 -> -1; 1 -> 1
+    agreeing = torch.mul(x, s)
+    agreeing.clamp_(min=0)
+    total = agreeing.sum(dim=0).mul_(s)
+    count = agreeing.sign_().sum(dim=0).clamp_(min=1)
+    return total.div_(count)
 
 
 # Columns per block of the blocked merge: T x 16384 float32 values and their few temporaries stay
@@ -143,7 +151,9 @@ def ties_merge(x: Tensor, group_dim: int | None = None, thresholds: list[Tensor 
     trim = thresholds is not None and any(t is not None for t in thresholds)
     partial = trim and any(t is None for t in thresholds)
     limits = _limits(thresholds, flat) if trim and not partial else None
-    blocks = [slice(start, start + _BLOCK_COLUMNS) for start in range(0, flat.shape[1], _BLOCK_COLUMNS)]
+    # Each intra-op thread gets about one cache-sized share of a block (and less sync per op).
+    columns = _BLOCK_COLUMNS * max(1, torch.get_num_threads())
+    blocks = [slice(start, start + columns) for start in range(0, flat.shape[1], columns)]
     for block in blocks:
         part = flat[:, block]
         if partial:
