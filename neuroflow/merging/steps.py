@@ -161,8 +161,12 @@ def ties_merge(x: Tensor, group_dim: int | None = None, thresholds: list[Tensor 
         elif limits is not None:
             _trim_by_limits_(part, limits)
         torch.sum(part, dim=0, out=total[block])
-    sign = signs_from_sums(total)
+    # The tensor-wide fallback first; each block's signs then come from its own sums, so no
+    # tensor-sized sign temporaries are held (the same values as `signs_from_sums(total)`).
+    fallback = torch.sign(torch.sign(total).sum())
     out = total  # each block's sums are read before its means overwrite them
     for block in blocks:
-        out[block] = disjoint_mean(flat[:, block], sign[block])
+        sign = torch.sign(total[block])
+        sign.add_(fallback * (1 - sign.abs()))
+        out[block] = disjoint_mean(flat[:, block], sign)
     return out.reshape(x.shape[1:])

@@ -103,7 +103,7 @@ def test_every_command_parses(rendered: dict[str, Path], capsys: pytest.CaptureF
     commands = [["fit", "--config", c, "--trainer.accelerator", "cpu", "--trainer.devices", "1",
                  "--trainer.num_nodes", "1", "--trainer.strategy", "ddp"] for c in fit_configs]
     commands += _neuroflow_commands(rendered["merge_eval.sbatch"].read_text())
-    assert len(commands) == 3 + 3 + 9 + 1  # fits; joint, pretrained, individual tests; 9 merges; report
+    assert len(commands) == 3 + 3 + 11 + 1  # fits; joint, pretrained, individual tests; 11 merges; report
     for args in commands:
         if args[0] == "run":
             run_main([*args[1:], "--dry-run"])
