@@ -22,7 +22,6 @@ from typing import Any
 import torch
 
 from neuroflow.atomic import clean_stale, make_temp_dir
-from neuroflow.checkpoints.allocator import bound_allocator
 from neuroflow.checkpoints.adapter import AdapterExpert, is_adapter
 from neuroflow.checkpoints.checks import CheckReport, check_experts
 from neuroflow.checkpoints.errors import CheckpointError
@@ -199,7 +198,6 @@ def _write(base_ref, base, source, readers, facts, report, method, out, max_shar
     # it differs from the shape rule (transposed Conv1D weights, conv kernels).
     needs_modules = base.config.get("model_type") in TRANSPOSED_MODEL_TYPES or any(len(base.meta(n)[0]) > 2 for n in base)
     routing = routing_for(base.config, list(base)) if needs_modules else None
-    bound_allocator()  # freed temporaries go back to the system (see allocator.py)
     tmp = make_temp_dir(out)
     writer = None
     try:
