@@ -97,6 +97,11 @@ def signs_from_sums(total: Tensor, group_dim: int | None = None) -> Tensor:
     """
     sign = torch.sign(total)
     fallback = torch.sign(sign.sum() if group_dim is None else sign.sum(dim=group_dim, keepdim=True))
+    return _fill_ties_(sign, fallback)
+
+
+def _fill_ties_(sign: Tensor, fallback: Tensor) -> Tensor:
+    """`sign` with its zeros replaced, in place, by `fallback` (broadcast)."""
     # sign + fallback * (1 - |sign|): the fallback exactly where sign is 0 (values are -1, 0, 1;
     # float arithmetic instead of a where, which is several times slower on CPU).
     return sign.add_(fallback * (1 - sign.abs()))
@@ -166,7 +171,5 @@ def ties_merge(x: Tensor, group_dim: int | None = None, thresholds: list[Tensor 
     fallback = torch.sign(torch.sign(total).sum())
     out = total  # each block's sums are read before its means overwrite them
     for block in blocks:
-        sign = torch.sign(total[block])
-        sign.add_(fallback * (1 - sign.abs()))
-        out[block] = disjoint_mean(flat[:, block], sign)
+        out[block] = disjoint_mean(flat[:, block], _fill_ties_(torch.sign(total[block]), fallback))
     return out.reshape(x.shape[1:])
