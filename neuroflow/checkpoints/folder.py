@@ -145,6 +145,21 @@ class CheckpointFolder(Mapping[str, Tensor]):
             return self._bins[name].state[name].clone()  # a private copy, not the mapped pages
         raise KeyError(name)
 
+    def read_rows(self, name: str, start: int, stop: int) -> Tensor:
+        """Rows `start:stop` of tensor `name`'s first dimension, reading only those bytes.
+
+        Args:
+            name: the tensor name.
+            start: first row.
+            stop: one past the last row.
+        """
+        if name in self._entries and not self.mmap:
+            file, entry = self._entries[name]
+            return read_tensor(file, entry, rows=(start, stop))
+        if name in self._bins:
+            return self._bins[name].state[name][start:stop].clone()
+        return self[name][start:stop]
+
     def __iter__(self) -> Iterator[str]:
         return iter(self._entries or self._bins)
 

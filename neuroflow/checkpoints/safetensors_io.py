@@ -153,22 +153,32 @@ class _ReadBuffers:
 _BUFFERS = _ReadBuffers(256 << 20)
 
 
-def read_tensor(path: str | os.PathLike, entry: TensorEntry) -> Tensor:
-    """The tensor `entry` of `path`, read into a private (unmapped) buffer.
+def read_tensor(path: str | os.PathLike, entry: TensorEntry, rows: tuple[int, int] | None = None) -> Tensor:
+    """The tensor `entry` of `path` (or rows `start:stop` of its first dimension, which lie
+    contiguously in the file), read into a private (unmapped) buffer.
 
     Args:
         path: the file the entry belongs to.
         entry: from `read_header(path)`.
+        rows: `(start, stop)` of the first dimension to read (None: the whole tensor).
     """
-    array = _BUFFERS.take(entry.nbytes) if entry.nbytes >= 1 << 16 else np.empty(entry.nbytes, dtype=np.uint8)
+    shape, offset, nbytes = entry.shape, entry.start, entry.nbytes
+    if rows is not None:
+        if not shape:
+            raise CheckpointError(f"{path}: tensor {entry.name!r} is a scalar; it has no rows to read")
+        start, stop = max(0, min(rows[0], shape[0])), max(0, min(rows[1], shape[0]))
+        stop = max(start, stop)
+        row_bytes = math.prod(shape[1:]) * entry.dtype.itemsize
+        shape, offset, nbytes = (stop - start, *shape[1:]), entry.start + start * row_bytes, (stop - start) * row_bytes
+    array = _BUFFERS.take(nbytes) if nbytes >= 1 << 16 else np.empty(nbytes, dtype=np.uint8)
     buffer = torch.from_numpy(array)
-    view = memoryview(array) if entry.nbytes else memoryview(b"")
+    view = memoryview(array) if nbytes else memoryview(b"")
     with open(path, "rb", buffering=0) as handle:
-        handle.seek(entry.start)
+        handle.seek(offset)
         done = 0
-        while done < entry.nbytes:
+        while done < nbytes:
             got = handle.readinto(view[done:])
             if not got:
                 raise CheckpointError(f"{path}: file ends inside tensor {entry.name!r} (truncated?)")
             done += got
-    return buffer.view(entry.dtype).reshape(entry.shape)
+    return buffer.view(entry.dtype).reshape(shape)

@@ -69,6 +69,14 @@ class CheckpointExperts(ExpertSource):
         tensor = expert[name]
         return tensor[: self.rows[name]] if name in self.rows else tensor
 
+    def get_rows(self, i: int, name: str, start: int, stop: int) -> Tensor:
+        expert = self.experts[i]
+        if isinstance(expert, AdapterExpert):
+            return super().get_rows(i, name, start, stop)
+        if name in self.rows:
+            stop = min(stop, self.rows[name])
+        return expert.read_rows(name, start, stop)
+
     def describe(self, i: int) -> str:
         return f"expert {i} ({self.names[i]})"
 

@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 from torch import Tensor
 
 from neuroflow.merging.routing import Route
+from neuroflow.merging.steps import TieFallback
 from neuroflow.merging.task_vectors import TaskVectors
 
 
@@ -96,6 +97,31 @@ class MergeMethod(ABC):
             route: how the tensor is routed ("neuron" with its axis, or "point").
             stats: what `prepare` returned.
         """
+
+    def separable(self, route: Route) -> bool:
+        """Whether the update of a tensor routed `route` can be computed a block of rows (first
+        dimension) at a time with `merge_rows`, giving exactly the rows of `merge_tensor`'s
+        update. The engine then streams large tensors (embeddings, LM heads) in row blocks, so
+        memory stays (T + 2) x one block. False unless a method says so.
+
+        Args:
+            route: the tensor's route.
+        """
+        return False
+
+    def merge_rows(self, name: str, base: Tensor, task_vectors: Tensor, route: Route, stats: dict[str, Any], tie: TieFallback) -> Tensor:
+        """The update of one row block of a tensor (only called where `separable(route)`).
+
+        Args:
+            name: the tensor's name.
+            base: rows `start:stop` of `theta_0[name]`, compute dtype.
+            task_vectors: the same rows of the stacked task vectors, shape `(T, stop - start, ...)`.
+            route: the tensor's route.
+            stats: what `prepare` returned.
+            tie: the tensor-wide sign-election tie fallback across blocks (see `TieFallback`), for
+                methods whose sign election spans the whole tensor.
+        """
+        return self.merge_tensor(name, base, task_vectors, route, stats)
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.hparams().items())

@@ -29,8 +29,9 @@ from neuroflow.merging.buffers import Recycler as _Recycler
 from neuroflow.merging.buffers import StreamTaskVectors as _StreamTaskVectors
 from neuroflow.merging.routing import SKIP, Route, matches, parse_route, route_by_shape
 from neuroflow.merging.select import TrimStatistics
-from neuroflow.merging.sources import DictExperts, ExpertSource, tensor_meta
-from neuroflow.merging.task_vectors import compute_dtype
+from neuroflow.merging.sources import DictExperts, ExpertSource, read_rows, tensor_meta
+from neuroflow.merging.steps import TieFallback
+from neuroflow.merging.task_vectors import block_rows, compute_dtype
 from neuroflow.merging.validation import MergeInputError, all_finite, validate_inputs
 
 Progress = Callable[[str], Any] | Any  # a callable taking the tensor name, or a tqdm-like `.update(n)`
@@ -155,20 +156,37 @@ class MergeStream:
             "merged_numel": task_vectors.numel,
         }
 
-    def _read(self, name: str) -> tuple[Tensor, Tensor | None]:
-        """The base tensor and, for merged tensors, its stacked task vectors."""
+    def _units(self, name: str) -> list[tuple[int, int] | None]:
+        """The row blocks tensor `name` is read and merged in (`[None]`: whole)."""
+        route = self.routes[name]
+        if route.kind == "skip" or not self.method.separable(route) or not self.task_vectors.row_blocks(name):
+            return [None]
+        shape, dtype = tensor_meta(self.base, name)
+        rows = block_rows(shape, dtype)
+        if rows is None:
+            return [None]
+        return [(start, min(start + rows, shape[0])) for start in range(0, shape[0], rows)]
+
+    def _read(self, name: str, rows: tuple[int, int] | None = None) -> tuple[Tensor, Tensor | None]:
+        """The base tensor (or its rows) and, for merged tensors, the stacked task vectors."""
+        if rows is not None:
+            base_rows = read_rows(self.base, name, *rows)
+            return base_rows, self.task_vectors.stack_rows(name, rows[0], rows[1], base_rows)
         tensor = self.base[name]
         if self.routes[name].kind == "skip":
             return tensor, None
         return tensor, self.task_vectors.stack(name, base=tensor)
 
-    def _stack_bytes(self, name: str) -> int:
-        shape, dtype = tensor_meta(self.base, name)
+    def _numel(self, name: str, rows: tuple[int, int] | None) -> int:
+        shape, _ = tensor_meta(self.base, name)
+        return math.prod(shape) if rows is None else (rows[1] - rows[0]) * math.prod(shape[1:])
+
+    def _stack_bytes(self, name: str, rows: tuple[int, int] | None) -> int:
         if self.routes[name].kind == "skip":
             return 0
-        return len(self.source) * math.prod(shape) * compute_dtype(dtype).itemsize
+        return len(self.source) * self._numel(name, rows) * compute_dtype(tensor_meta(self.base, name)[1]).itemsize
 
-    def _merge_one(self, name: str, tensor: Tensor, stack: Tensor | None, recycler: _Recycler | None) -> Tensor:
+    def _merge_one(self, name: str, tensor: Tensor, stack: Tensor | None, recycler: _Recycler | None, tie: TieFallback | None = None) -> Tensor:
         if stack is None:
             return tensor.detach().clone()
         dtype = compute_dtype(tensor.dtype)
@@ -178,7 +196,11 @@ class MergeStream:
         else:
             theta0 = tensor.detach().to(device="cpu", dtype=dtype)
             own = own and theta0.data_ptr() != tensor.data_ptr()
-        delta = self.method.merge_tensor(name, theta0, stack, self.routes[name], self.stats)
+        route = self.routes[name]
+        if tie is None:
+            delta = self.method.merge_tensor(name, theta0, stack, route, self.stats)
+        else:
+            delta = self.method.merge_rows(name, theta0, stack, route, self.stats, tie)
         if recycler is not None:
             recycler.release(stack)  # only if the method kept no view or reference of it
         del stack  # free T x tensor before the sum is allocated
@@ -204,7 +226,9 @@ class MergeStream:
         # The prefetch thread's own torch ops run single-threaded (OpenMP would give it a second
         # team of `threads` workers competing with the maths for the same cores).
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="merge-prefetch", initializer=torch.set_num_threads, initargs=(1,))
-        largest = max((math.prod(tensor_meta(self.base, n)[0]) for n in self.task_vectors.names), default=0)
+        work = [(name, rows) for name in self.names for rows in self._units(name)]
+        merged_work = [(n, r) for n, r in work if self.routes[n].kind != "skip"]
+        largest = max((self._numel(n, r) for n, r in merged_work), default=0)
         recycler = _Recycler((len(self.source) + 2) * largest * 4) if self.recycle else None
         self.task_vectors.recycler = recycler
         # A reader thread beside maths threads that already occupy every core oversubscribes them:
@@ -212,26 +236,54 @@ class MergeStream:
         # threads + prefetch on 2 cores were slower than 1 thread).
         maths_threads = self.threads or torch.get_num_threads()
         prefetch = self.prefetch and maths_threads < (os.cpu_count() or 1)
+        out: Tensor | None = None
+        tie, redo = TieFallback(), []
         with torch.no_grad(), pool:
             pending: Future | None = None
-            for index, name in enumerate(self.names):
+            for index, (name, rows) in enumerate(work):
                 if pending is not None:
                     tensor, stack = pending.result()
                 else:
                     with _intra_op_threads(self.threads):
-                        tensor, stack = self._read(name)
+                        tensor, stack = self._read(name, rows)
                 pending = None
-                following = self.names[index + 1] if index + 1 < len(self.names) else None
-                if prefetch and following is not None and self._stack_bytes(following) <= PREFETCH_BYTES:
+                following = work[index + 1] if index + 1 < len(work) else None
+                if prefetch and following is not None and self._stack_bytes(*following) <= PREFETCH_BYTES:
                     # Read (and subtract) the next tensor while this one is merged: I/O and the
                     # task-vector arithmetic overlap the method's maths.
-                    pending = pool.submit(self._read, following)
+                    pending = pool.submit(self._read, *following)
+                if rows is not None and rows[0] == 0:
+                    tie, redo = TieFallback(), []  # a new blocked tensor
                 with _intra_op_threads(self.threads):
-                    merged = self._merge_one(name, tensor, stack, recycler)
+                    merged = self._merge_one(name, tensor, stack, recycler, None if rows is None else tie)
                 del tensor, stack
+                if rows is not None:
+                    if rows[0] == 0:
+                        shape, _ = tensor_meta(self.base, name)
+                        out = torch.empty(shape, dtype=merged.dtype, device=merged.device)
+                    out[rows[0] : rows[1]] = merged
+                    if tie.assumed:
+                        redo.append(rows)
+                    del merged
+                    if rows[1] < out.shape[0]:
+                        continue
+                    merged, out = self._finish_blocks(name, out, tie, redo, recycler), None
                 yield name, merged
                 del merged
                 _tick(self.progress, name)
+
+    def _finish_blocks(self, name: str, out: Tensor, tie: TieFallback, redo: list[tuple[int, int]], recycler: _Recycler | None) -> Tensor:
+        """A tensor merged by row blocks: blocks that assumed the tie fallback +1 merged again
+        when the whole tensor's fallback is 0 or -1 (rare: exact cancellations)."""
+        if redo and tie.fallback <= 0:
+            known = TieFallback(value=tie.fallback)
+            for start, stop in redo:
+                with _intra_op_threads(self.threads):
+                    tensor, stack = self._read(name, (start, stop))
+                    out[start:stop] = self._merge_one(name, tensor, stack, recycler, known)
+                del tensor, stack
+        self.task_vectors.mark_checked(name)
+        return out
 
 
 def merge_stream(

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from neuroflow.merging.base import MergeMethod
 from neuroflow.merging.routing import Route
-from neuroflow.merging.steps import ties_merge, trim_tasks_
+from neuroflow.merging.steps import TieFallback, ties_merge, trim_tasks_
 from neuroflow.merging.task_vectors import TaskVectors
 from neuroflow.merging.validation import MergeInputError, check_finite, check_range
 
@@ -173,3 +173,16 @@ class NeuroMerging(MergeMethod):
         if self.lambda_1 != 0.0:
             delta += self.lambda_1 * merge_parallel(w0, s)
         return route.from_neurons(delta, base.shape)
+
+    def separable(self, route: Route) -> bool:
+        # Neurons (rows, axis 0) are merged independently, but the parallel part's sign election
+        # spans every neuron of the tensor, so only Lite-like settings (lambda_1 = 0) split them;
+        # point tensors carry their tie fallback across blocks.
+        if type(self).merge_tensor is not NeuroMerging.merge_tensor:
+            return False
+        return route.kind == "point" or (route.kind == "neuron" and route.axis == 0 and self.lambda_1 == 0.0)
+
+    def merge_rows(self, name: str, base: Tensor, task_vectors: Tensor, route: Route, stats: dict[str, Any], tie: TieFallback) -> Tensor:
+        if route.kind != "neuron" and base.numel():
+            return ties_merge(task_vectors, thresholds=stats["trim"].thresholds, tie=tie).mul_(stats["lambda_2"])
+        return self.merge_tensor(name, base, task_vectors, route, stats)

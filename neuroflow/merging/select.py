@@ -189,6 +189,36 @@ def _bracket(stream: Stream, num_tasks: int, numel: int, k: int, dtype: torch.dt
     return low, high, 4 * (hi_rank - lo_rank + 1) * stride + (1 << 16)
 
 
+class _Pages:
+    """Values appended in order, packed into large pages: thousands of small tensors kept alive
+    between the blocks of a pass would pin the C heap (each block's buffers are freed below
+    them), so the process's RSS would grow far beyond what is live."""
+
+    _PAGE = 1 << 20
+
+    def __init__(self, dtype: torch.dtype) -> None:
+        self.dtype, self.pages, self.used = dtype, [], 0
+
+    def add(self, values: Tensor) -> int:
+        """Append `values` (1-D); returns how many."""
+        done = 0
+        while done < values.numel():
+            if not self.pages or self.used == self.pages[-1].numel():
+                self.pages.append(torch.empty(max(self._PAGE, values.numel() - done), dtype=self.dtype))
+                self.used = 0
+            take = min(values.numel() - done, self.pages[-1].numel() - self.used)
+            self.pages[-1][self.used : self.used + take] = values[done : done + take]
+            self.used += take
+            done += take
+        return values.numel()
+
+    def values(self) -> Tensor:
+        """Every value appended, in order."""
+        if not self.pages:
+            return torch.empty(0, dtype=self.dtype)
+        return torch.cat([*self.pages[:-1], self.pages[-1][: self.used]])
+
+
 def _window_select(
     stream: Stream, num_tasks: int, numel: int, k: int, dtype: torch.dtype
 ) -> tuple[list[Tensor], list[float]] | None:
@@ -197,7 +227,7 @@ def _window_select(
     below_count = torch.zeros(num_tasks, dtype=torch.int64)
     below_mass = torch.zeros(num_tasks, dtype=torch.float64)
     total_mass = torch.zeros(num_tasks, dtype=torch.float64)
-    inside: list[list[Tensor]] = [[] for _ in range(num_tasks)]
+    inside = [_Pages(dtype) for _ in range(num_tasks)]
     inside_count = [0] * num_tasks
     seen = 0
     for magnitude in _blocks(stream, 1, num_tasks, dtype):
@@ -211,9 +241,7 @@ def _window_select(
         within = ~below & (magnitude <= high[:, None])
         for t in range(num_tasks):
             if inside_count[t] <= cap:
-                kept = magnitude[t][within[t]]
-                inside[t].append(kept)
-                inside_count[t] += kept.numel()
+                inside_count[t] += inside[t].add(magnitude[t][within[t]])
     if seen != numel:
         raise ValueError(f"the stream yielded {seen} scalars per task, expected numel={numel}")
 
@@ -222,7 +250,7 @@ def _window_select(
         rank = k - int(below_count[t])
         if inside_count[t] > cap or not 0 < rank <= inside_count[t]:
             return None  # the bracket missed the k-th value (or was too crowded): radix fallback
-        candidates = torch.cat(inside[t])
+        candidates = inside[t].values()
         kth = candidates.kthvalue(rank).values
         removed = below_mass[t] + candidates[candidates < kth].sum(dtype=torch.float64)
         thresholds.append(kth.clone())

@@ -72,6 +72,21 @@ def tensor_meta(mapping: Mapping[str, Tensor], name: str) -> tuple[tuple[int, ..
     return tuple(tensor.shape), tensor.dtype
 
 
+def read_rows(mapping: Mapping[str, Tensor], name: str, start: int, stop: int) -> Tensor:
+    """Rows `start:stop` (first dimension) of `mapping[name]`, read alone when the mapping can
+    (lazy files with `read_rows`), so a large tensor can be merged a row block at a time.
+
+    Args:
+        mapping: a state dict or a lazy mapping.
+        name: the tensor name.
+        start: first row.
+        stop: one past the last row.
+    """
+    if hasattr(mapping, "read_rows"):
+        return mapping.read_rows(name, start, stop)
+    return mapping[name][start:stop]
+
+
 class ExpertSource(ABC):
     """Read access to T experts, one tensor at a time.
 
@@ -94,6 +109,10 @@ class ExpertSource(ABC):
     @abstractmethod
     def get(self, i: int, name: str) -> Tensor:
         """Tensor `name` of expert `i` (raises KeyError when absent)."""
+
+    def get_rows(self, i: int, name: str, start: int, stop: int) -> Tensor:
+        """Rows `start:stop` of `get(i, name)`; override to read only those rows."""
+        return self.get(i, name)[start:stop]
 
     def meta(self, i: int, name: str) -> tuple[tuple[int, ...], torch.dtype]:
         """Shape and dtype of tensor `name` of expert `i`; override to avoid reading the data."""
@@ -159,6 +178,12 @@ class SafetensorsFile(Mapping[str, Tensor]):
     def __contains__(self, name: object) -> bool:
         return name in self._keys
 
+    def read_rows(self, name: str, start: int, stop: int) -> Tensor:
+        """Rows `start:stop` of tensor `name`, reading only those."""
+        if name not in self._keys:
+            raise KeyError(name)
+        return self._file.get_slice(name)[start:stop]
+
     def meta(self, name: str) -> tuple[tuple[int, ...], torch.dtype]:
         """Shape and dtype from the file header, without reading the tensor."""
         view = self._file.get_slice(name)
@@ -203,6 +228,9 @@ class DictExperts(ExpertSource):
 
     def get(self, i: int, name: str) -> Tensor:
         return self.experts[i][name]
+
+    def get_rows(self, i: int, name: str, start: int, stop: int) -> Tensor:
+        return read_rows(self.experts[i], name, start, stop)
 
     def meta(self, i: int, name: str) -> tuple[tuple[int, ...], torch.dtype]:
         expert = self.experts[i]

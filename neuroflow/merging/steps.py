@@ -7,6 +7,7 @@ looks at parameter names, so TIES, DARE-TIES and NeuroMerging compose the same i
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -118,12 +119,17 @@ def disjoint_mean(x: Tensor, sign: Tensor) -> Tensor:
     # x < 0)` does. With s = +-1, the agreeing entries are those with x * s > 0: their magnitudes
     # are (x * s) clamped at 0, and their signed sum is s times the sum of those (negation is exact),
     # so the result equals the masked mean without any bool mask (several times faster).
+    return _disjoint_mean(x, sign)[0]
+
+
+def _disjoint_mean(x: Tensor, sign: Tensor) -> tuple[Tensor, Tensor]:
+    """`disjoint_mean` and the number of agreeing entries per coordinate (before the clamp at 1)."""
     s = torch.sub(sign, 0.5, out=torch.empty(sign.shape, dtype=x.dtype)).sign_()  # -1, 0 -> -1; 1 -> 1
     agreeing = torch.mul(x, s)
     agreeing.clamp_(min=0)
     total = agreeing.sum(dim=0).mul_(s)
-    count = agreeing.sign_().sum(dim=0).clamp_(min=1)
-    return total.div_(count)
+    count = agreeing.sign_().sum(dim=0)
+    return total.div_(count.clamp(min=1)), count
 
 
 # Columns per block of the blocked merge: T x 16384 float32 values and their few temporaries stay
@@ -132,7 +138,38 @@ def disjoint_mean(x: Tensor, sign: Tensor) -> Tensor:
 _BLOCK_COLUMNS = 1 << 14
 
 
-def ties_merge(x: Tensor, group_dim: int | None = None, thresholds: list[Tensor | float | None] | None = None) -> Tensor:
+@dataclass
+class TieFallback:
+    """The tensor-wide tie fallback of a tensor merged one row block at a time.
+
+    The fallback (the sign of the summed elected signs over the whole tensor) is only known once
+    every block is seen, yet it only changes the result in *ambiguous* columns: summed mass exactly
+    0 with non-zero entries (an all-zero column merges to 0 whatever its sign). So a first pass
+    merges each block assuming +1, accumulates the signs and flags blocks that had ambiguous
+    columns; only those are merged again when the fallback turns out to be 0 or -1.
+
+    Attributes:
+        value: the known fallback (a second pass), or None (first pass: +1 assumed).
+        sign_sum: sum of the elected signs seen so far (first pass).
+        assumed: the last block merged had ambiguous columns, so its result assumed +1.
+    """
+
+    value: float | None = None
+    sign_sum: int = 0
+    assumed: bool = False
+
+    @property
+    def fallback(self) -> float:
+        """The fallback the whole tensor has, from the signs summed over every block."""
+        return float((self.sign_sum > 0) - (self.sign_sum < 0))
+
+
+def ties_merge(
+    x: Tensor,
+    group_dim: int | None = None,
+    thresholds: list[Tensor | float | None] | None = None,
+    tie: TieFallback | None = None,
+) -> Tensor:
     """Trim (when `thresholds` are given, in place), elect signs, then take the disjoint mean.
 
     With one tie-fallback group per tensor (`group_dim=None`) the steps run over blocks of
@@ -144,11 +181,15 @@ def ties_merge(x: Tensor, group_dim: int | None = None, thresholds: list[Tensor 
         x: per-task values, shape `(T, ...)`; trimmed in place when `thresholds` are given.
         group_dim: tie-fallback group dimension, see `elect_signs`.
         thresholds: per-task magnitude thresholds for `trim_tasks_` (None: no trim).
+        tie: `x` is one row block of a larger tensor whose fallback `tie` tracks (see
+            `TieFallback`); None: `x` is the whole tensor.
     """
-    if group_dim is not None or x.dim() < 2 or x[0].numel() <= _BLOCK_COLUMNS or not x.is_contiguous():
+    if group_dim is not None or x.dim() < 2 or not x.is_contiguous():
         if thresholds is not None:
             trim_tasks_(x, thresholds)
-        return disjoint_mean(x, elect_signs(x, group_dim))
+        if group_dim is not None or x.dim() < 2:
+            return disjoint_mean(x, elect_signs(x, group_dim))
+        x, thresholds = x.contiguous(), None  # trimmed already
     if thresholds is not None and len(thresholds) != x.shape[0]:
         raise ValueError(f"got {len(thresholds)} thresholds for {x.shape[0]} tasks")
     flat = x.reshape(x.shape[0], -1)
@@ -168,8 +209,22 @@ def ties_merge(x: Tensor, group_dim: int | None = None, thresholds: list[Tensor 
         torch.sum(part, dim=0, out=total[block])
     # The tensor-wide fallback first; each block's signs then come from its own sums, so no
     # tensor-sized sign temporaries are held (the same values as `signs_from_sums(total)`).
-    fallback = torch.sign(torch.sign(total).sum())
+    signs_sum = torch.sign(total).sum()
+    if tie is None:
+        fallback = torch.sign(signs_sum)
+    elif tie.value is not None:
+        fallback = torch.tensor(tie.value, dtype=x.dtype)
+    else:
+        tie.sign_sum += int(signs_sum)
+        tie.assumed = False
+        fallback = torch.tensor(1.0, dtype=x.dtype)
     out = total  # each block's sums are read before its means overwrite them
+    first_pass = tie is not None and tie.value is None
     for block in blocks:
-        out[block] = disjoint_mean(flat[:, block], _fill_ties_(torch.sign(total[block]), fallback))
+        zero = total[block] == 0 if first_pass and not tie.assumed else None
+        out[block], count = _disjoint_mean(flat[:, block], _fill_ties_(torch.sign(total[block]), fallback))
+        if zero is not None:
+            # Ambiguous: summed mass 0 but some entry non-zero, hence a positive one, which the
+            # assumed +1 counted (an all-zero column merges to 0 under any sign).
+            tie.assumed = bool((zero & (count > 0)).any())
     return out.reshape(x.shape[1:])

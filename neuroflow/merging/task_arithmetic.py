@@ -27,3 +27,7 @@ class TaskArithmetic(MergeMethod):
 
     def merge_tensor(self, name: str, base: Tensor, task_vectors: Tensor, route: Route, stats: dict[str, Any]) -> Tensor:
         return task_vectors.sum(dim=0).mul_(self.scaling)
+
+    def separable(self, route: Route) -> bool:
+        # Element-wise (a subclass with its own merge_tensor must say so itself).
+        return type(self).merge_tensor is TaskArithmetic.merge_tensor

@@ -16,13 +16,35 @@ from torch import Tensor
 
 from neuroflow.merging.routing import Route
 from neuroflow.merging.select import TrimStatistics, streamed_trim_statistics
-from neuroflow.merging.sources import ExpertSource, as_task_vector, tensor_meta
+from neuroflow.merging.sources import ExpertSource, as_task_vector, read_rows, tensor_meta
 from neuroflow.merging.validation import MergeInputError, all_finite, check_values, non_float_message
+
+
+# Bytes (per task, in the compute dtype) of one row block: a tensor larger than this is read and
+# merged a block of rows at a time by methods that allow it, so the working set is (T + 2) x this
+# instead of (T + 2) x the largest tensor (an embedding or LM head).
+ROW_BLOCK_BYTES = 32 << 20
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """float64 stays float64; every lower precision is computed in float32."""
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def block_rows(shape: tuple[int, ...], dtype: torch.dtype) -> int | None:
+    """Rows per row block of a tensor of this shape and stored dtype, or None when it fits in
+    one block (`ROW_BLOCK_BYTES`) or has fewer than two rows.
+
+    Args:
+        shape: the tensor's shape.
+        dtype: its stored dtype.
+    """
+    if len(shape) < 1 or shape[0] < 2:
+        return None
+    row_bytes = math.prod(shape[1:]) * compute_dtype(dtype).itemsize
+    if row_bytes * shape[0] <= ROW_BLOCK_BYTES:
+        return None
+    return max(1, ROW_BLOCK_BYTES // max(1, row_bytes))
 
 
 class TaskVectors:
@@ -79,6 +101,45 @@ class TaskVectors:
             self._check(name, out)
         return out
 
+    def _empty(self, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
+        return torch.empty(shape, dtype=dtype)
+
+    def row_blocks(self, name: str) -> bool:
+        """Whether tensor `name` can be read a row block at a time (`stack_rows`): its source
+        reads stored tensors (no custom task vectors) and it has rows."""
+        return not self._custom_task_vector and len(self._meta[name][0]) >= 1
+
+    def stack_rows(self, name: str, start: int, stop: int, base_rows: Tensor) -> Tensor:
+        """Rows `start:stop` of `stack(name)`, reading only those rows of every expert; the same
+        values as slicing the whole stack. Non-finite values raise; the tensor counts as checked
+        only once every block was read (`mark_checked`).
+
+        Args:
+            name: a merged tensor name (`row_blocks(name)` must hold).
+            start: first row.
+            stop: one past the last row.
+            base_rows: `theta_0[name][start:stop]`.
+        """
+        dtype = compute_dtype(base_rows.dtype)
+        out = self._empty((self.num_tasks, *base_rows.shape), dtype)
+        base_c = None if self.experts.task_vectors else base_rows.detach().to(device="cpu", dtype=dtype)
+        for i in range(self.num_tasks):
+            stored = self.experts.get_rows(i, name, start, stop).detach()
+            if not stored.is_floating_point() or tuple(stored.shape) != tuple(base_rows.shape):
+                # The whole-tensor path raises the precise error.
+                return TaskVectors.stack(self, name)[:, start:stop].contiguous()
+            out[i].copy_(stored)
+            del stored
+            if base_c is not None:
+                out[i].sub_(base_c)
+        if name not in self._finite and not all_finite(out):
+            check_values(self.base, self.experts, name)
+        return out
+
+    def mark_checked(self, name: str) -> None:
+        """Every value of tensor `name` was read and found finite (by row blocks)."""
+        self._finite.add(name)
+
     def _check(self, name: str, values: Tensor) -> None:
         """Refuse non-finite task vectors, naming the base or expert tensor behind them."""
         # NaN or Inf in the base or an expert makes the difference non-finite, so one finite sum
@@ -109,35 +170,78 @@ class TaskVectors:
             chunk_size: scalars per task in one block.
         """
         for name in self.names:
-            base = self.base[name]
-            dtype = compute_dtype(base.dtype)
-            flat_base = base.detach().reshape(-1)[::stride]
-            if self._custom_task_vector:
-                # A source that computes task vectors itself is honoured as it is (whole tensors).
-                stored = [self.experts.task_vector(i, name, base, dtype).reshape(-1)[::stride] for i in range(self.num_tasks)]
-                is_task_vector = True
-            else:
-                stored = [self.experts.get(i, name).detach().reshape(-1)[::stride] for i in range(self.num_tasks)]
-                is_task_vector = self.experts.task_vectors
-            fast = not is_task_vector and flat_base.is_floating_point() and flat_base.device.type == "cpu" and all(
-                v.is_floating_point() and v.device.type == "cpu" for v in stored)
-            for start in range(0, flat_base.numel(), chunk_size):
-                block_base = flat_base[start : start + chunk_size]
-                block = torch.empty((self.num_tasks, block_base.numel()), dtype=dtype)
-                if fast:
-                    # The upcast is exact and the subtraction rounds once, as in `as_task_vector`
-                    # (same values), with the base cast once per block instead of once per expert.
-                    base_c = block_base.to(dtype)
-                    for i, values in enumerate(stored):
-                        block[i].copy_(values[start : start + chunk_size]).sub_(base_c)
-                else:
-                    for i, values in enumerate(stored):
-                        as_task_vector(values[start : start + chunk_size], block_base, dtype, is_task_vector, out=block[i])
-                if name not in self._finite and not all_finite(block):
-                    check_values(self.base, self.experts, name)
-                yield block
+            for flat_base, stored, is_task_vector in self._pieces(name, stride, chunk_size):
+                dtype = compute_dtype(flat_base.dtype)
+                fast = not is_task_vector and flat_base.is_floating_point() and flat_base.device.type == "cpu" and all(
+                    v.is_floating_point() and v.device.type == "cpu" for v in stored)
+                for start in range(0, flat_base.numel(), chunk_size):
+                    block_base = flat_base[start : start + chunk_size]
+                    block = torch.empty((self.num_tasks, block_base.numel()), dtype=dtype)
+                    if fast:
+                        # The upcast is exact and the subtraction rounds once, as in `as_task_vector`
+                        # (same values), with the base cast once per block instead of once per expert.
+                        base_c = block_base.to(dtype)
+                        for i, values in enumerate(stored):
+                            block[i].copy_(values[start : start + chunk_size]).sub_(base_c)
+                    else:
+                        for i, values in enumerate(stored):
+                            as_task_vector(values[start : start + chunk_size], block_base, dtype, is_task_vector, out=block[i])
+                    if name not in self._finite and not all_finite(block):
+                        check_values(self.base, self.experts, name)
+                    yield block
             if stride == 1:
                 self._finite.add(name)
+
+    def _pieces(self, name: str, stride: int, chunk_size: int) -> Iterator[tuple[Tensor, list[Tensor], bool]]:
+        """`(flat base, flat stored values per expert, stored are task vectors)` covering every
+        `stride`-th scalar of tensor `name`, in order, in pieces whose boundaries fall on multiples
+        of `chunk_size` sampled scalars (so `chunks` yields the same blocks as from whole tensors).
+        Large tensors are read a row block at a time (never T whole tensors at once)."""
+        shape, _ = self._meta[name]
+        if self._custom_task_vector:
+            # A source that computes task vectors itself is honoured as it is (whole tensors).
+            base = self.base[name]
+            dtype = compute_dtype(base.dtype)
+            yield base.detach().reshape(-1)[::stride], [
+                self.experts.task_vector(i, name, base, dtype).reshape(-1)[::stride] for i in range(self.num_tasks)], True
+            return
+        rows = self._piece_rows(name, stride, chunk_size)
+        if rows is None:
+            base = self.base[name]
+            yield base.detach().reshape(-1)[::stride], [
+                self.experts.get(i, name).detach().reshape(-1)[::stride] for i in range(self.num_tasks)], self.experts.task_vectors
+            return
+        row_numel = math.prod(shape[1:])
+        sampled: list[list[Tensor]] = [[] for _ in range(self.num_tasks + 1)]
+        for start in range(0, shape[0], rows):
+            stop = min(shape[0], start + rows)
+            phase = (-start * row_numel) % stride  # the first sampled scalar inside this block
+            values = [read_rows(self.base, name, start, stop)] + [
+                self.experts.get_rows(i, name, start, stop) for i in range(self.num_tasks)]
+            values = [v.detach().reshape(-1)[phase::stride] for v in values]
+            if stride == 1:
+                yield values[0], values[1:], self.experts.task_vectors
+            else:
+                for kept, v in zip(sampled, values):
+                    kept.append(v.clone())  # a sample: drop the block it was taken from
+                del values
+        if stride > 1:
+            joined = [torch.cat(parts) for parts in sampled]
+            yield joined[0], joined[1:], self.experts.task_vectors
+
+    def _piece_rows(self, name: str, stride: int, chunk_size: int) -> int | None:
+        """Rows per piece for `_pieces`, or None to read the tensor whole."""
+        shape, dtype = self._meta[name]
+        rows = block_rows(shape, dtype)
+        if rows is None:
+            return None
+        if stride > 1:
+            return rows
+        # Pieces must start at multiples of chunk_size scalars, i.e. of `unit` rows.
+        row_numel = math.prod(shape[1:])
+        unit = chunk_size // math.gcd(row_numel, chunk_size)
+        rows = max(unit, rows // unit * unit)
+        return rows if rows < shape[0] and unit * row_numel <= 4 * ROW_BLOCK_BYTES else None
 
     def trim_statistics(self, mask_rate: float) -> TrimStatistics:
         """Exact per-task global magnitude threshold and removed-mass ratio over all merged tensors.
