@@ -241,7 +241,8 @@ class TaskVectors:
         row_numel = math.prod(shape[1:])
         unit = chunk_size // math.gcd(row_numel, chunk_size)
         rows = max(unit, rows // unit * unit)
-        return rows if rows < shape[0] and unit * row_numel <= 4 * ROW_BLOCK_BYTES else None
+        fits = unit * row_numel * compute_dtype(dtype).itemsize <= 4 * ROW_BLOCK_BYTES
+        return rows if rows < shape[0] and fits else None
 
     def trim_statistics(self, mask_rate: float) -> TrimStatistics:
         """Exact per-task global magnitude threshold and removed-mass ratio over all merged tensors.
