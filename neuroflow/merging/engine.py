@@ -5,8 +5,10 @@ merged = merge_state_dicts(base, experts, NeuroMerging(mask_rate=0.8), routing=N
 stream = merge_stream(base, experts, TIES(), threads=2)   # validated, statistics gathered
 for name, tensor in stream: ...                           # merged tensors in base order
 ```
-The engine never holds more than one tensor's task vectors at a time (O(T x largest tensor) extra
-memory, plus the next tensor's while it is prefetched), so experts can be streamed from disk. The
+The engine never holds more than one unit's task vectors at a time, plus the next unit's while it
+is prefetched, so experts can be streamed from disk. A unit is a tensor or, for tensors larger than
+`task_vectors.ROW_BLOCK_BYTES` whose method is `separable` for their route, a block of rows read
+alone: O(T x max(block, largest whole-tensor unit)) extra memory, whatever the vocabulary size. The
 result has the keys, shapes and dtypes of `base` (and its tensors' devices; the arithmetic runs on
 the CPU); tensors that are not merged (integer/bool, excluded) are copies of the base.
 """
