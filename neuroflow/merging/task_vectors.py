@@ -157,7 +157,7 @@ class TaskVectors:
         """Number of merged scalars per task (P)."""
         return sum(math.prod(shape) for shape, _ in self._meta.values())
 
-    def chunks(self, stride: int = 1, chunk_size: int = 1 << 16) -> Iterator[Tensor]:
+    def chunks(self, stride: int = 1, chunk_size: int = 1 << 18) -> Iterator[Tensor]:
         """Every `stride`-th merged scalar's task values, as `(T, <= chunk_size)` blocks, tensor
         after tensor (a `select.Stream`).
 
