@@ -9,11 +9,13 @@ from __future__ import annotations
 import math
 import sys
 import threading
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
 from neuroflow.merging.task_vectors import TaskVectors, compute_dtype
+from neuroflow.merging.validation import all_finite, check_values
 
 
 class Recycler:
@@ -74,21 +76,47 @@ class StreamTaskVectors(TaskVectors):
         base = self.base[name] if base is None else base
         if self._custom_task_vector or not base.is_floating_point():
             return super().stack(name, base)
+        out = self._stored_minus_base(base, lambda i: self.experts.get(i, name))
+        if out is None:
+            return super().stack(name, base)  # the generic path raises the precise error
+        if name not in self._finite:
+            self._check(name, out)
+        return out
+
+    def stack_rows(self, name: str, start: int, stop: int, base_rows: Tensor) -> Tensor:
+        """Rows `start:stop` of `stack(name)`, reading only those rows of every expert; the same
+        values as slicing the whole stack. Non-finite values raise; the tensor counts as checked
+        only once every block was read (`mark_checked`).
+
+        Args:
+            name: a merged tensor name (`row_blocks(name)` must hold).
+            start: first row.
+            stop: one past the last row.
+            base_rows: `theta_0[name][start:stop]`.
+        """
+        out = self._stored_minus_base(base_rows, lambda i: self.experts.get_rows(i, name, start, stop))
+        if out is None:
+            return TaskVectors.stack(self, name)[:, start:stop].contiguous()  # raises the precise error
+        if name not in self._finite and not all_finite(out):
+            check_values(self.base, self.experts, name)
+        return out
+
+    def _stored_minus_base(self, base: Tensor, read: Callable[[int], Tensor]) -> Tensor | None:
+        """`read(i) - base` for every expert i, stacked, in the compute dtype (`read(i)` alone for
+        stored task vectors); None when a stored tensor is not float or not `base`'s shape."""
         dtype = compute_dtype(base.dtype)
         out = self._empty((self.num_tasks, *base.shape), dtype)
         base_c = None
         if not self.experts.task_vectors:
             base_c = self._empty(tuple(base.shape), dtype).copy_(base.detach()) if base.dtype != dtype else base.detach().cpu()
         for i in range(self.num_tasks):
-            stored = self.experts.get(i, name).detach()
+            stored = read(i).detach()
             if not stored.is_floating_point() or tuple(stored.shape) != tuple(base.shape):
-                return super().stack(name, base)  # the generic path raises the precise error
+                return None
             out[i].copy_(stored)
             del stored
             if base_c is not None:
                 out[i].sub_(base_c)
         if base_c is not None and self.recycler and base_c.data_ptr() != base.data_ptr():
             self.recycler.release(base_c)
-        if name not in self._finite:
-            self._check(name, out)
         return out

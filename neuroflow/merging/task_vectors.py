@@ -101,40 +101,10 @@ class TaskVectors:
             self._check(name, out)
         return out
 
-    def _empty(self, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
-        return torch.empty(shape, dtype=dtype)
-
     def row_blocks(self, name: str) -> bool:
         """Whether tensor `name` can be read a row block at a time (`stack_rows`): its source
-        reads stored tensors (no custom task vectors) and it has rows."""
+        reads stored tensors (no custom task vectors) and it has rows (see `StreamTaskVectors.stack_rows`)."""
         return not self._custom_task_vector and len(self._meta[name][0]) >= 1
-
-    def stack_rows(self, name: str, start: int, stop: int, base_rows: Tensor) -> Tensor:
-        """Rows `start:stop` of `stack(name)`, reading only those rows of every expert; the same
-        values as slicing the whole stack. Non-finite values raise; the tensor counts as checked
-        only once every block was read (`mark_checked`).
-
-        Args:
-            name: a merged tensor name (`row_blocks(name)` must hold).
-            start: first row.
-            stop: one past the last row.
-            base_rows: `theta_0[name][start:stop]`.
-        """
-        dtype = compute_dtype(base_rows.dtype)
-        out = self._empty((self.num_tasks, *base_rows.shape), dtype)
-        base_c = None if self.experts.task_vectors else base_rows.detach().to(device="cpu", dtype=dtype)
-        for i in range(self.num_tasks):
-            stored = self.experts.get_rows(i, name, start, stop).detach()
-            if not stored.is_floating_point() or tuple(stored.shape) != tuple(base_rows.shape):
-                # The whole-tensor path raises the precise error.
-                return TaskVectors.stack(self, name)[:, start:stop].contiguous()
-            out[i].copy_(stored)
-            del stored
-            if base_c is not None:
-                out[i].sub_(base_c)
-        if name not in self._finite and not all_finite(out):
-            check_values(self.base, self.experts, name)
-        return out
 
     def mark_checked(self, name: str) -> None:
         """Every value of tensor `name` was read and found finite (by row blocks)."""
