@@ -14,16 +14,14 @@ import json
 import math
 import os
 import struct
-import threading
-import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from neuroflow.checkpoints.errors import CheckpointError
+from neuroflow.merging.recycler import Recycler
 from neuroflow.merging.sources import SAFETENSORS_DTYPES
 
 DTYPES: dict[str, torch.dtype] = {**SAFETENSORS_DTYPES, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}
@@ -115,42 +113,10 @@ def read_header(path: str | os.PathLike) -> SafetensorsHeader:
     return SafetensorsHeader(path, {e.name: e for e in entries}, dict(metadata))
 
 
-class _ReadBuffers:
-    """Read buffers handed back when the last tensor using one is freed, and reused for the next
-    read of the same size (layers repeat their shapes): a recycled buffer skips the page faults a
-    fresh one costs, which are as expensive as the copy from the page cache. At most `cap` bytes
-    are kept free. A buffer returns only when its numpy array dies, i.e. when no tensor (or view)
-    over it is alive, so a tensor's data is never overwritten while it is in use.
-
-    Args:
-        cap: bytes of free buffers kept at most.
-    """
-
-    def __init__(self, cap: int) -> None:
-        self.cap, self._bytes = cap, 0
-        self._free: dict[int, list[np.ndarray]] = {}
-        self._lock = threading.Lock()
-
-    def take(self, nbytes: int) -> np.ndarray:
-        with self._lock:
-            free = self._free.get(nbytes)
-            raw = free.pop() if free else None
-            if raw is not None:
-                self._bytes -= nbytes
-        if raw is None:
-            raw = np.empty(nbytes, dtype=np.uint8)
-        view = raw[:]  # the handed-out array; `raw` comes back when it (and every tensor on it) dies
-        weakref.finalize(view, self._give, raw)
-        return view
-
-    def _give(self, raw: np.ndarray) -> None:
-        with self._lock:
-            if self._bytes + raw.nbytes <= self.cap:
-                self._free.setdefault(raw.nbytes, []).append(raw)
-                self._bytes += raw.nbytes
-
-
-_BUFFERS = _ReadBuffers(256 << 20)
+# Read buffers come back when the tensor read into one (and every view of it) dies, and are reused
+# for the next read of the same shape and dtype: a recycled buffer skips the page faults a fresh one
+# costs, which are as expensive as the copy from the page cache.
+_BUFFERS = Recycler(256 << 20)
 
 
 def read_tensor(path: str | os.PathLike, entry: TensorEntry, rows: tuple[int, int] | None = None) -> Tensor:
@@ -170,9 +136,8 @@ def read_tensor(path: str | os.PathLike, entry: TensorEntry, rows: tuple[int, in
         stop = max(start, stop)
         row_bytes = math.prod(shape[1:]) * entry.dtype.itemsize
         shape, offset, nbytes = (stop - start, *shape[1:]), entry.start + start * row_bytes, (stop - start) * row_bytes
-    array = _BUFFERS.take(nbytes) if nbytes >= 1 << 16 else np.empty(nbytes, dtype=np.uint8)
-    buffer = torch.from_numpy(array)
-    view = memoryview(array) if nbytes else memoryview(b"")
+    tensor = _BUFFERS.empty(shape, entry.dtype) if nbytes >= 1 << 16 else torch.empty(shape, dtype=entry.dtype)
+    view = memoryview(tensor.reshape(-1).view(torch.uint8).numpy()) if nbytes else memoryview(b"")
     with open(path, "rb", buffering=0) as handle:
         handle.seek(offset)
         done = 0
@@ -181,4 +146,5 @@ def read_tensor(path: str | os.PathLike, entry: TensorEntry, rows: tuple[int, in
             if not got:
                 raise CheckpointError(f"{path}: file ends inside tensor {entry.name!r} (truncated?)")
             done += got
-    return buffer.view(entry.dtype).reshape(shape)
+    del view  # it holds a view of the buffer, which would keep it from the pool
+    return tensor

@@ -34,7 +34,6 @@ from neuroflow.evaluation.merged_model import save_merged
 from neuroflow.experts.merger import MergedWeights
 from neuroflow.hub import model_reference
 from neuroflow.evaluation.report import (
-    load_report,
     metrics_from_logged,
     render_markdown,
     write_report,

@@ -6,59 +6,14 @@ tensor's task vectors live, never what is computed with them.
 
 from __future__ import annotations
 
-import math
-import sys
-import threading
 from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
+from neuroflow.merging.recycler import Recycler
 from neuroflow.merging.task_vectors import TaskVectors, compute_dtype
 from neuroflow.merging.validation import all_finite, check_values
-
-
-class Recycler:
-    """Buffers reused for the next tensor of the same size once nothing references them: the same
-    shapes recur layer after layer, and a fresh multi-megabyte buffer costs more in page faults
-    than the arithmetic done in it. At most `cap` bytes are kept free.
-
-    Args:
-        cap: bytes of free buffers kept at most.
-    """
-
-    def __init__(self, cap: int) -> None:
-        self.cap, self._bytes = cap, 0
-        self._free: dict[tuple[int, torch.dtype], list[Tensor]] = {}
-        self._lock = threading.Lock()
-
-    def empty(self, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
-        numel = math.prod(shape)
-        with self._lock:
-            free = self._free.get((numel, dtype))
-            held = free.pop() if free else None
-            if held is not None:
-                self._bytes -= numel * dtype.itemsize
-        if held is None:
-            return torch.empty(shape, dtype=dtype)
-        # A new tensor on the held storage (not a view: views would pin the old tensor object).
-        return torch.empty(0, dtype=dtype).set_(held.untyped_storage(), 0, shape)
-
-    def release(self, tensor: Tensor) -> None:
-        """Keep `tensor` for reuse if the caller's reference is the only one (no view, no copy of
-        the reference anywhere): then nothing can observe its later contents."""
-        # References: the caller's variable, this argument, getrefcount's argument.
-        if sys.getrefcount(tensor) > 3 or torch._C._storage_Use_Count(tensor.untyped_storage()._cdata) > 2:
-            return
-        if tensor.device.type != "cpu" or tensor.requires_grad or tensor.storage_offset() != 0:
-            return
-        size = tensor.numel() * tensor.element_size()
-        if size == 0 or tensor.untyped_storage().nbytes() != size:
-            return
-        with self._lock:
-            if self._bytes + size <= self.cap:
-                self._free.setdefault((tensor.numel(), tensor.dtype), []).append(tensor)
-                self._bytes += size
 
 
 class StreamTaskVectors(TaskVectors):
@@ -117,6 +72,4 @@ class StreamTaskVectors(TaskVectors):
             del stored
             if base_c is not None:
                 out[i].sub_(base_c)
-        if base_c is not None and self.recycler and base_c.data_ptr() != base.data_ptr():
-            self.recycler.release(base_c)
         return out

@@ -19,7 +19,7 @@ import math
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,10 +27,10 @@ import torch
 from torch import Tensor
 
 from neuroflow.merging.base import MergeMethod
-from neuroflow.merging.buffers import Recycler as _Recycler
 from neuroflow.merging.buffers import StreamTaskVectors as _StreamTaskVectors
 from neuroflow.merging.routing import SKIP, Route, matches, parse_route, route_by_shape
 from neuroflow.merging.select import TrimStatistics
+from neuroflow.merging.recycler import Recycler as _Recycler
 from neuroflow.merging.sources import DictExperts, ExpertSource, read_rows, tensor_meta
 from neuroflow.merging.steps import TieFallback
 from neuroflow.merging.task_vectors import block_rows, compute_dtype
@@ -188,7 +188,11 @@ class MergeStream:
             return 0
         return len(self.source) * self._numel(name, rows) * compute_dtype(tensor_meta(self.base, name)[1]).itemsize
 
-    def _merge_one(self, name: str, tensor: Tensor, stack: Tensor | None, recycler: _Recycler | None, tie: TieFallback | None = None) -> Tensor:
+    def _merge_one(self, name: str, inputs: list, recycler: _Recycler | None, tie: TieFallback | None = None) -> Tensor:
+        """Merge one unit. `inputs` is `[base tensor or rows, stack]` from `_read`, emptied here: the
+        merge owns them, so the stack is freed (back to the recycler) before the sum is made."""
+        tensor, stack = inputs
+        inputs.clear()
         if stack is None:
             return tensor.detach().clone()
         dtype = compute_dtype(tensor.dtype)
@@ -203,8 +207,6 @@ class MergeStream:
             delta = self.method.merge_tensor(name, theta0, stack, route, self.stats)
         else:
             delta = self.method.merge_rows(name, theta0, stack, route, self.stats, tie)
-        if recycler is not None:
-            recycler.release(stack)  # only if the method kept no view or reference of it
         del stack  # free T x tensor before the sum is allocated
         if delta.shape != tensor.shape:
             raise MergeInputError(
@@ -216,55 +218,41 @@ class MergeStream:
             total = theta0.add_(delta.to(dtype))
         else:
             total = theta0 + delta.to(dtype)
-        del delta
-        merged = total.to(device=tensor.device, dtype=tensor.dtype)
-        if recycler is not None and merged.data_ptr() != total.data_ptr():
-            del theta0
-            recycler.release(total)
+        del delta, theta0
+        if recycler is not None and tensor.device.type == "cpu" and tensor.dtype != dtype:
+            # Cast into a recycled buffer: it returns once the consumer (the shard writer) drops it.
+            merged = recycler.empty(tuple(tensor.shape), tensor.dtype).copy_(total)
+        else:
+            merged = total.to(device=tensor.device, dtype=tensor.dtype)
+        del total
         _check_merged_finite(merged, name, self.method)
         return merged
 
     def __iter__(self) -> Iterator[tuple[str, Tensor]]:
-        # The prefetch thread's own torch ops run single-threaded (OpenMP would give it a second
-        # team of `threads` workers competing with the maths for the same cores).
-        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="merge-prefetch", initializer=torch.set_num_threads, initargs=(1,))
         work = [(name, rows) for name in self.names for rows in self._units(name)]
         merged_work = [(n, r) for n, r in work if self.routes[n].kind != "skip"]
         largest = max((self._numel(n, r) for n, r in merged_work), default=0)
+        # A unit holds at most (T + 2) x its size (stack, base copy, sum).
         recycler = _Recycler((len(self.source) + 2) * largest * 4) if self.recycle else None
         self.task_vectors.recycler = recycler
-        # A reader thread beside maths threads that already occupy every core oversubscribes them:
-        # the OpenMP team then waits at each op's barrier for a descheduled worker (measured: 2
-        # threads + prefetch on 2 cores were slower than 1 thread).
-        maths_threads = self.threads or torch.get_num_threads()
-        prefetch = self.prefetch and maths_threads < (os.cpu_count() or 1)
+        units = self._units_merged(work, recycler)
         out: Tensor | None = None
         tie, redo = TieFallback(), []
-        with torch.no_grad(), pool:
-            pending: Future | None = None
-            for index, (name, rows) in enumerate(work):
-                if pending is not None:
-                    tensor, stack = pending.result()
-                else:
-                    with _intra_op_threads(self.threads):
-                        tensor, stack = self._read(name, rows)
-                pending = None
-                following = work[index + 1] if index + 1 < len(work) else None
-                if prefetch and following is not None and self._stack_bytes(*following) <= PREFETCH_BYTES:
-                    # Read (and subtract) the next tensor while this one is merged: I/O and the
-                    # task-vector arithmetic overlap the method's maths.
-                    pending = pool.submit(self._read, *following)
-                if rows is not None and rows[0] == 0:
-                    tie, redo = TieFallback(), []  # a new blocked tensor
-                with _intra_op_threads(self.threads):
-                    merged = self._merge_one(name, tensor, stack, recycler, None if rows is None else tie)
-                del tensor, stack
+        with torch.no_grad(), closing(units):
+            for (name, rows), (merged, block_tie) in zip(work, units):
                 if rows is not None:
                     if rows[0] == 0:
                         shape, _ = tensor_meta(self.base, name)
-                        out = torch.empty(shape, dtype=merged.dtype, device=merged.device)
+                        if recycler is not None and merged.device.type == "cpu":
+                            out = recycler.empty(shape, merged.dtype)
+                        else:
+                            out = torch.empty(shape, dtype=merged.dtype, device=merged.device)
+                        tie, redo = TieFallback(), []
                     out[rows[0] : rows[1]] = merged
-                    if tie.assumed:
+                    # Each block is merged with its own TieFallback; their sign sums add up to
+                    # the tensor's.
+                    tie.sign_sum += block_tie.sign_sum
+                    if block_tie.assumed:
                         redo.append(rows)
                     del merged
                     if rows[1] < out.shape[0]:
@@ -274,6 +262,38 @@ class MergeStream:
                 del merged
                 _tick(self.progress, name)
 
+    def _units_merged(self, work: list, recycler: _Recycler | None) -> Iterator[tuple[Tensor, TieFallback | None]]:
+        """`(merged tensor or rows, the row block's TieFallback)` per unit, merged on this thread
+        with `threads` intra-op threads; the next unit's inputs are read ahead by a prefetch thread
+        when a core is free for it."""
+        # The prefetch thread's own torch ops run single-threaded (OpenMP would give it a second
+        # team of `threads` workers competing with the maths for the same cores).
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="merge-prefetch", initializer=torch.set_num_threads, initargs=(1,))
+        # A reader thread beside maths threads that already occupy every core oversubscribes them:
+        # the OpenMP team then waits at each op's barrier for a descheduled worker (measured: 2
+        # threads + prefetch on 2 cores were slower than 1 thread).
+        maths_threads = self.threads or torch.get_num_threads()
+        prefetch = self.prefetch and maths_threads < (os.cpu_count() or 1)
+        with torch.no_grad(), pool:
+            pending: Future | None = None
+            for index, (name, rows) in enumerate(work):
+                if pending is not None:
+                    inputs = list(pending.result())
+                else:
+                    with _intra_op_threads(self.threads):
+                        inputs = list(self._read(name, rows))
+                pending = None  # the future holds the inputs too
+                following = work[index + 1] if index + 1 < len(work) else None
+                if prefetch and following is not None and self._stack_bytes(*following) <= PREFETCH_BYTES:
+                    # Read (and subtract) the next tensor while this one is merged: I/O and the
+                    # task-vector arithmetic overlap the method's maths.
+                    pending = pool.submit(self._read, *following)
+                tie = None if rows is None else TieFallback()
+                with _intra_op_threads(self.threads):
+                    merged = self._merge_one(name, inputs, recycler, tie)
+                yield merged, tie
+                del merged
+
     def _finish_blocks(self, name: str, out: Tensor, tie: TieFallback, redo: list[tuple[int, int]], recycler: _Recycler | None) -> Tensor:
         """A tensor merged by row blocks: blocks that assumed the tie fallback +1 merged again
         when the whole tensor's fallback is 0 or -1 (rare: exact cancellations)."""
@@ -281,9 +301,7 @@ class MergeStream:
             known = TieFallback(value=tie.fallback)
             for start, stop in redo:
                 with _intra_op_threads(self.threads):
-                    tensor, stack = self._read(name, (start, stop))
-                    out[start:stop] = self._merge_one(name, tensor, stack, recycler, known)
-                del tensor, stack
+                    out[start:stop] = self._merge_one(name, list(self._read(name, (start, stop))), recycler, known)
         self.task_vectors.mark_checked(name)
         return out
 

@@ -111,3 +111,17 @@ def test_threads_are_set_for_the_maths_and_restored() -> None:
     assert set(seen) == {1} and torch.get_num_threads() == before
     with pytest.raises(ValueError, match="threads"):
         merge_state_dicts(base, experts, Probe(), threads=0)
+
+
+def test_buffers_are_reused_along_the_stream() -> None:
+    # Layers repeat their shapes: stacks, base copies and merged outputs of a layer are the next
+    # layer's buffers once the consumer dropped them (an earlier version never reused any).
+    base, experts = model()
+    base.update({f"more{i}.weight": torch.randn(16, 8).bfloat16() for i in range(6)})
+    for e in experts:
+        e.update({f"more{i}.weight": base[f"more{i}.weight"] + 0.25 for i in range(6)})
+    expected = merge_state_dicts(base, experts, TIES(mask_rate=0.5))
+    stream = merge_stream(base, experts, TIES(mask_rate=0.5), threads=1)
+    for name, tensor in stream:  # each merged tensor dropped after the check, as a writer does
+        assert torch.equal(tensor, expected[name]), name
+    assert stream.task_vectors.recycler.reused >= 12

@@ -41,3 +41,23 @@ def test_folder_merge_by_row_blocks_equals_in_memory_merge(llama, tmp_path, monk
     for name, tensor in expected.items():
         if name in merged:
             assert torch.equal(merged[name], tensor), name
+
+
+def test_read_buffers_are_reused_only_once_their_tensor_is_gone(tmp_path) -> None:
+    from safetensors.torch import save_file
+
+    from neuroflow.checkpoints import safetensors_io
+
+    tensors = {"a": torch.randn(128, 256), "b": torch.randn(128, 256)}
+    save_file(tensors, str(tmp_path / "m.safetensors"))
+    header = safetensors_io.read_header(tmp_path / "m.safetensors")
+    first = safetensors_io.read_tensor(tmp_path / "m.safetensors", header.entries["a"])
+    flat = first.reshape(-1)  # a view that outlives the tensor
+    address = first.data_ptr()
+    del first
+    second = safetensors_io.read_tensor(tmp_path / "m.safetensors", header.entries["b"])
+    assert second.data_ptr() != address and torch.equal(flat.reshape(128, 256), tensors["a"])
+    del flat, second
+    before = safetensors_io._BUFFERS.reused
+    third = safetensors_io.read_tensor(tmp_path / "m.safetensors", header.entries["a"])
+    assert safetensors_io._BUFFERS.reused == before + 1 and torch.equal(third, tensors["a"])
