@@ -243,14 +243,11 @@ class MergeStream:
                 if rows is not None:
                     if rows[0] == 0:
                         shape, _ = tensor_meta(self.base, name)
-                        if recycler is not None and merged.device.type == "cpu":
-                            out = recycler.empty(shape, merged.dtype)
-                        else:
-                            out = torch.empty(shape, dtype=merged.dtype, device=merged.device)
+                        pooled = recycler is not None and merged.device.type == "cpu"
+                        out = recycler.empty(shape, merged.dtype) if pooled else torch.empty(shape, dtype=merged.dtype, device=merged.device)
                         tie, redo = TieFallback(), []
                     out[rows[0] : rows[1]] = merged
-                    # Each block is merged with its own TieFallback; their sign sums add up to
-                    # the tensor's.
+                    # Each block has its own TieFallback; their sign sums add up to the tensor's.
                     tie.sign_sum += block_tie.sign_sum
                     if block_tie.assumed:
                         redo.append(rows)
