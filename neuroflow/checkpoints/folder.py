@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from neuroflow.checkpoints.errors import CheckpointError
-from neuroflow.checkpoints.safetensors_io import TensorEntry, read_header, read_tensor
+from neuroflow.checkpoints.safetensors_io import TensorEntry, read_header, read_strided, read_tensor
 
 SAFETENSORS, SAFETENSORS_INDEX = "model.safetensors", "model.safetensors.index.json"
 BIN, BIN_INDEX = "pytorch_model.bin", "pytorch_model.bin.index.json"
@@ -159,6 +159,20 @@ class CheckpointFolder(Mapping[str, Tensor]):
         if name in self._bins:
             return self._bins[name].state[name][start:stop].clone()
         return self[name][start:stop]
+
+    def read_strided(self, name: str, stride: int, numel: int | None = None) -> Tensor:
+        """Every `stride`-th scalar of tensor `name` (flattened), reading only those from a
+        safetensors file.
+
+        Args:
+            name: the tensor name.
+            stride: distance between sampled scalars.
+            numel: sample among the first `numel` scalars only (None: all).
+        """
+        if name in self._entries:
+            file, entry = self._entries[name]
+            return read_strided(file, entry, stride, numel)
+        return self[name].reshape(-1)[:numel][::stride].clone()
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._entries or self._bins)

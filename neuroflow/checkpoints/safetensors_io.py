@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import json
 import math
+import mmap
 import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -148,3 +150,43 @@ def read_tensor(path: str | os.PathLike, entry: TensorEntry, rows: tuple[int, in
             done += got
     del view  # it holds a view of the buffer, which would keep it from the pool
     return tensor
+
+
+_INT_OF_SIZE = {1: np.int8, 2: np.int16, 4: np.int32, 8: np.int64}
+
+
+def read_strided(path: str | os.PathLike, entry: TensorEntry, stride: int, numel: int | None = None) -> Tensor:
+    """Every `stride`-th scalar of tensor `entry` (flat positions 0, stride, 2 * stride, ...), as a
+    1-D tensor, reading only the pages that hold them.
+
+    A statistics sample takes one scalar in thousands: reading whole tensors for it costs as much as
+    a full pass. The byte range is mapped just for this copy and unmapped at once, so no page stays
+    in the process's RSS.
+
+    Args:
+        path: the file the entry belongs to.
+        entry: from `read_header(path)`.
+        stride: distance between sampled scalars (>= 1).
+        numel: take the sample among the first `numel` scalars only (None: all of them).
+    """
+    if stride < 1:
+        raise ValueError(f"stride must be >= 1, got {stride}")
+    total = math.prod(entry.shape) if numel is None else min(numel, math.prod(entry.shape))
+    count = -(-total // stride)
+    itemsize = entry.dtype.itemsize
+    if count == 0:
+        return torch.empty(0, dtype=entry.dtype)
+    first = entry.start
+    end = first + ((count - 1) * stride + 1) * itemsize
+    offset = first // mmap.ALLOCATIONGRANULARITY * mmap.ALLOCATIONGRANULARITY
+    with open(path, "rb") as handle:
+        if os.fstat(handle.fileno()).st_size < end:
+            raise CheckpointError(f"{path}: file ends inside tensor {entry.name!r} (truncated?)")
+        mapped = mmap.mmap(handle.fileno(), end - offset, offset=offset, access=mmap.ACCESS_READ)
+    try:
+        values = np.frombuffer(mapped, dtype=_INT_OF_SIZE[itemsize], count=(end - first) // itemsize, offset=first - offset)
+        sample = values[::stride].copy()
+        del values  # a live view of the map would keep `close` from unmapping it
+    finally:
+        mapped.close()
+    return torch.from_numpy(sample).view(entry.dtype)

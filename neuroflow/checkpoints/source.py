@@ -8,6 +8,7 @@ task vector is computed in float32 either way.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -76,6 +77,16 @@ class CheckpointExperts(ExpertSource):
         if name in self.rows:
             stop = min(stop, self.rows[name])
         return expert.read_rows(name, start, stop)
+
+    def get_strided(self, i: int, name: str, stride: int) -> Tensor | None:
+        expert = self.experts[i]
+        if isinstance(expert, AdapterExpert):
+            return None
+        numel = None
+        if name in self.rows:
+            shape = expert.meta(name)[0]
+            numel = self.rows[name] * math.prod(shape[1:])
+        return expert.read_strided(name, stride, numel)
 
     def describe(self, i: int) -> str:
         return f"expert {i} ({self.names[i]})"

@@ -62,16 +62,19 @@ def merge_orthogonal(w0: Tensor, task_rows: Tensor) -> tuple[Tensor, Tensor]:
     Returns:
         `s` of shape `(T, R)` and `psi_orth` of shape `(R, n)`, in the dtype of `task_rows`.
     """
-    num_tasks = task_rows.shape[0]
-    # Gram and coefficients in float64, so the eigenvectors (hence the sign elections) are those
-    # of the given rows' exact Gram matrix even for float32 inputs.
-    x64 = task_rows.to(torch.float64)
-    w64 = w0.to(torch.float64)
-    norm_sq = (w64 * w64).sum(dim=-1)
-    dots = (x64 * w64).sum(dim=-1)  # (T, R); broadcast-and-sum beats einsum's small GEMMs here
+    num_tasks, rows, width = task_rows.shape
+    # One float64 copy of the rows with w0 appended per neuron: a single batched product gives the
+    # Gram matrix, <x_t, w0> and <w0, w0> (exact enough that the eigenvectors, hence the sign
+    # elections, are those of the given rows), and a second one psi; element-wise products and
+    # sums over the T x R x n rows, each a pass of its own, cost several times more.
+    z = torch.empty((rows, num_tasks + 1, width), dtype=torch.float64)
+    z[:, :num_tasks].copy_(task_rows.transpose(0, 1))
+    z[:, num_tasks].copy_(w0)
+    products = torch.bmm(z, z.transpose(1, 2))  # (R, T + 1, T + 1)
+    gram = products[:, :num_tasks, :num_tasks].clone()
+    dots = products[:, :num_tasks, num_tasks].T  # (T, R)
+    norm_sq = products[:, num_tasks, num_tasks]
     s64 = torch.where(norm_sq > 0, dots / torch.where(norm_sq > 0, norm_sq, 1.0), 0.0)
-    gram = torch.einsum("trn,srn->rts", x64, x64)
-    del x64
     # A zero task row has exactly-zero coordinates in C and must not count in the disjoint mean
     # (eigh leaves round-off there). Its squared norm is exactly 0 (squares of float32 values
     # cannot underflow in float64; float64 rows below ~1e-154 count as zero).
@@ -82,9 +85,11 @@ def merge_orthogonal(w0: Tensor, task_rows: Tensor) -> tuple[Tensor, Tensor]:
     coords = (u * keep[:, None, :] * live_task[:, :, None]).permute(1, 0, 2)  # (T, R, comps) ~ C
     m = ties_merge(coords, group_dim=2)  # (R, comps); the tie group is one neuron's components
     weights = torch.einsum("rtj,rj->tr", u, m)  # psi = A^T (U m)
-    along_w0 = (s64 * weights).sum(dim=0)  # (R,)
-    psi = (task_rows * weights.to(task_rows.dtype)[..., None]).sum(dim=0)
-    psi -= along_w0.to(task_rows.dtype)[:, None] * w0
+    # psi = sum_t weights_t x_t - (s . weights) w0, as one product with the appended rows.
+    coefficients = torch.empty((rows, 1, num_tasks + 1), dtype=torch.float64)
+    coefficients[:, 0, :num_tasks] = weights.T
+    coefficients[:, 0, num_tasks] = -(s64 * weights).sum(dim=0)
+    psi = torch.bmm(coefficients, z).squeeze(1).to(task_rows.dtype)
     return s64.to(task_rows.dtype), psi
 
 

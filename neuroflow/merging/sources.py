@@ -87,6 +87,21 @@ def read_rows(mapping: Mapping[str, Tensor], name: str, start: int, stop: int) -
     return mapping[name][start:stop]
 
 
+def read_strided(mapping: Mapping[str, Tensor], name: str, stride: int) -> Tensor | None:
+    """Every `stride`-th scalar of `mapping[name]` (flattened) when the mapping reads those alone
+    (lazy folders with `read_strided`), else None: a caller sampling a lazy file would otherwise
+    read it whole.
+
+    Args:
+        mapping: a state dict or a lazy mapping.
+        name: the tensor name.
+        stride: distance between sampled scalars.
+    """
+    if hasattr(mapping, "read_strided"):
+        return mapping.read_strided(name, stride)
+    return None
+
+
 class ExpertSource(ABC):
     """Read access to T experts, one tensor at a time.
 
@@ -113,6 +128,17 @@ class ExpertSource(ABC):
     def get_rows(self, i: int, name: str, start: int, stop: int) -> Tensor:
         """Rows `start:stop` of `get(i, name)`; override to read only those rows."""
         return self.get(i, name)[start:stop]
+
+    def get_strided(self, i: int, name: str, stride: int) -> Tensor | None:
+        """Every `stride`-th scalar of `get(i, name)` flattened, read alone; None (the default)
+        when this source cannot read a sample without reading the whole tensor.
+
+        Args:
+            i: expert index.
+            name: tensor name.
+            stride: distance between sampled scalars.
+        """
+        return None
 
     def meta(self, i: int, name: str) -> tuple[tuple[int, ...], torch.dtype]:
         """Shape and dtype of tensor `name` of expert `i`; override to avoid reading the data."""

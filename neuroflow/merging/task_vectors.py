@@ -16,7 +16,7 @@ from torch import Tensor
 
 from neuroflow.merging.routing import Route
 from neuroflow.merging.select import TrimStatistics, streamed_trim_statistics
-from neuroflow.merging.sources import ExpertSource, as_task_vector, read_rows, tensor_meta
+from neuroflow.merging.sources import ExpertSource, as_task_vector, read_rows, read_strided, tensor_meta
 from neuroflow.merging.validation import MergeInputError, all_finite, check_values, non_float_message
 
 
@@ -175,6 +175,11 @@ class TaskVectors:
             yield base.detach().reshape(-1)[::stride], [
                 self.experts.task_vector(i, name, base, dtype).reshape(-1)[::stride] for i in range(self.num_tasks)], True
             return
+        if stride > 1:
+            sample = self._strided_sample(name, stride)
+            if sample is not None:
+                yield sample[0], sample[1:], self.experts.task_vectors
+                return
         rows = self._piece_rows(name, stride, chunk_size)
         if rows is None:
             base = self.base[name]
@@ -198,6 +203,21 @@ class TaskVectors:
         if stride > 1:
             joined = [torch.cat(parts) for parts in sampled]
             yield joined[0], joined[1:], self.experts.task_vectors
+
+    def _strided_sample(self, name: str, stride: int) -> list[Tensor] | None:
+        """`[base, expert_1, ...]` flat samples of every `stride`-th scalar of tensor `name`, each
+        read alone from lazy files; None when the base or an expert cannot read a sample so (it is
+        then taken from row blocks, reading the whole tensor)."""
+        base = read_strided(self.base, name, stride)
+        if base is None:
+            return None
+        sample = [base]
+        for i in range(self.num_tasks):
+            values = self.experts.get_strided(i, name, stride)
+            if values is None or values.numel() != base.numel():
+                return None
+            sample.append(values)
+        return sample
 
     def _piece_rows(self, name: str, stride: int, chunk_size: int) -> int | None:
         """Rows per piece for `_pieces`, or None to read the tensor whole."""

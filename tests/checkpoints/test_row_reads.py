@@ -61,3 +61,54 @@ def test_read_buffers_are_reused_only_once_their_tensor_is_gone(tmp_path) -> Non
     before = safetensors_io._BUFFERS.reused
     third = safetensors_io.read_tensor(tmp_path / "m.safetensors", header.entries["a"])
     assert safetensors_io._BUFFERS.reused == before + 1 and torch.equal(third, tensors["a"])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, torch.float16, torch.float64])
+def test_read_strided_equals_striding_the_tensor(tmp_path, dtype) -> None:
+    from safetensors.torch import save_file
+
+    from neuroflow.checkpoints import safetensors_io
+
+    # An odd-sized first tensor puts the second at an offset that no page boundary aligns.
+    tensors = {"a": torch.randn(3).to(dtype), "b": torch.randn(37, 53).to(dtype)}
+    save_file(tensors, str(tmp_path / "model.safetensors"))
+    folder = CheckpointFolder(tmp_path)
+    for name, tensor in tensors.items():
+        for stride in (1, 2, 7, 1000, 5000):
+            assert torch.equal(folder.read_strided(name, stride), tensor.reshape(-1)[::stride]), (name, stride)
+    # A sample of the leading rows only (experts with a resized vocabulary).
+    assert torch.equal(folder.read_strided("b", 5, numel=10 * 53), tensors["b"][:10].reshape(-1)[::5])
+    header = safetensors_io.read_header(tmp_path / "model.safetensors")
+    with pytest.raises(ValueError, match="stride"):
+        safetensors_io.read_strided(tmp_path / "model.safetensors", header.entries["b"], 0)
+
+
+def test_statistics_sample_reads_only_the_sampled_scalars(llama, monkeypatch) -> None:
+    from neuroflow.checkpoints import folder as folder_module
+    from neuroflow.checkpoints.source import checkpoint_experts
+    from neuroflow.merging.routing import routing_from_state_dict
+    from neuroflow.merging.task_vectors import TaskVectors
+
+    base = CheckpointFolder(llama["base"])
+    experts = [CheckpointFolder(p) for p in llama["sharded"]]
+    source = checkpoint_experts(base, experts, [str(p) for p in llama["sharded"]])
+    state = folder_state(llama["base"])
+    routing = routing_from_state_dict(state)
+    in_memory = TaskVectors(state, _dict_experts(llama["sharded"]), routing)
+    vectors = TaskVectors(base, source, routing)
+    whole_reads = []
+    original = folder_module.read_tensor
+    monkeypatch.setattr(folder_module, "read_tensor", lambda *a, **k: whole_reads.append(a[1].name) or original(*a, **k))
+    sampled = list(vectors.chunks(stride=7))
+    assert whole_reads == []  # every sample came from strided reads, no tensor was read whole
+    expected = list(in_memory.chunks(stride=7))
+    assert len(sampled) == len(expected)
+    assert all(torch.equal(a, b) for a, b in zip(sampled, expected))
+    list(vectors.chunks(stride=1))
+    assert whole_reads  # the full pass reads tensors (the check above can fail)
+
+
+def _dict_experts(paths):
+    from neuroflow.merging.sources import DictExperts
+
+    return DictExperts([folder_state(p) for p in paths])
