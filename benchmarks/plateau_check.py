@@ -2,7 +2,7 @@
 
 ```
 python benchmarks/plateau_check.py recipes/text8_lpft.yaml [--factor 2] [--tasks cola,banking77] \
-    [--output-dir runs/text8_lpft_2x] [--tolerance 0.01] [--skip-fit] [--no-test]
+    [--output-dir runs/text8_lpft_2x] [--tolerance 0.01] [--skip-fit] [--no-test] [--force]
 ```
 Fits every expert of the recipe again with `max_epochs` and the early-stopping patience multiplied
 by `--factor` (same data, seed and everything else; `python -m neuroflow run RECIPE --only fit`
@@ -35,6 +35,7 @@ def main() -> None:
     parser.add_argument("--tolerance", type=float, default=0.01)
     parser.add_argument("--skip-fit", action="store_true", help="compare fits already in --output-dir")
     parser.add_argument("--no-test", action="store_true", help="compare validation scores only (no test evaluation)")
+    parser.add_argument("--force", action="store_true", help="refit experts already in --output-dir's collection")
     args = parser.parse_args()
 
     recipe = load_recipe(args.recipe)
@@ -54,7 +55,7 @@ def main() -> None:
     if args.tasks:
         command += ["--tasks", args.tasks]
     if not args.skip_fit:
-        subprocess.run([*command, "--only", "fit"], check=True, env=os.environ)
+        subprocess.run([*command, "--only", "fit", *(["--force"] if args.force else [])], check=True, env=os.environ)
         if not args.no_test:
             subprocess.run([*command, "--only", "baselines", "--set", "baselines.pretrained=false"], check=True, env=os.environ)
 
