@@ -5,8 +5,8 @@ python benchmarks/plateau_check.py recipes/text8_lpft.yaml [--factor 2] [--tasks
     [--output-dir runs/text8_lpft_2x] [--tolerance 0.01] [--skip-fit] [--no-test] [--force]
 ```
 Fits every expert of the recipe again with `max_epochs` and the early-stopping patience multiplied
-by `--factor` (same data, seed and everything else; `python -m neuroflow run RECIPE --only fit`
-into its own output folder and experts collection), evaluates them on the test splits (`--only
+by `--factor`, a task's own `task_training` budget too (same data, seed and everything else;
+`python -m neuroflow run RECIPE --only fit` into its own output folder and experts collection), evaluates them on the test splits (`--only
 baselines`), and prints per task the best validation score each fit selected and the test score,
 at the recipe's budget and at the longer one, and whether they agree within `--tolerance`
 (0.01 = 1 point). The recipe's own experts (and their `individual` report) must exist: run the
@@ -22,7 +22,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from neuroflow.pipeline.plateau import manifest_scores, plateau_rows, render_plateau_table, report_scores
+from neuroflow.pipeline.plateau import (
+    longer_budget,
+    manifest_scores,
+    plateau_rows,
+    render_plateau_table,
+    report_scores,
+)
 from neuroflow.pipeline.recipe import load_recipe
 
 
@@ -42,16 +48,15 @@ def main() -> None:
     training = recipe.training
     if training.early_stopping is None:
         sys.exit(f"{args.recipe}: training.early_stopping is not set: its experts are not trained to a plateau")
-    patience = int(training.early_stopping.get("patience", 3))
-    epochs = round(training.max_epochs * args.factor)
+    longer = longer_budget(recipe, args.factor)
     out = Path(args.output_dir or f"{recipe.output_dir}_{args.factor:g}x")
     experts = Path(recipe.experts_dir) if recipe.experts_dir else Path(recipe.output_dir) / "experts"
     command = [
         sys.executable, "-m", "neuroflow", "run", args.recipe, "--output-dir", str(out),
         "--set", f"experts_dir={out / 'experts'}",
-        "--set", f"training.max_epochs={epochs}",
-        "--set", f"training.early_stopping.patience={max(1, round(patience * args.factor))}",
     ]
+    for override in longer:
+        command += ["--set", override]
     if args.tasks:
         command += ["--tasks", args.tasks]
     if not args.skip_fit:
@@ -67,8 +72,7 @@ def main() -> None:
     if args.tasks:
         keep = set(args.tasks.split(","))
         rows = [row for row in rows if row.task in keep]
-    print(f"\n{args.recipe}: up to {training.max_epochs} epochs, patience {patience} vs {epochs} epochs, "
-          f"patience {max(1, round(patience * args.factor))}\n")
+    print(f"\n{args.recipe}: the recipe's budget vs {' '.join(longer)}\n")
     print(render_plateau_table(rows, args.factor))
 
 

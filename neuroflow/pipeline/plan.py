@@ -261,7 +261,7 @@ class Planner:
     # -- stages ------------------------------------------------------------------------------
     def expert_stages(self) -> list[Stage]:
         return [
-            Stage(f"fit_{task}", "fit", self._fit(task, [task], self.recipe.training, self.experts_dir),
+            Stage(f"fit_{task}", "fit", self._fit(task, [task], self.recipe.expert_training(task), self.experts_dir),
                   kind="expert", task=task)
             for task in self.recipe.task_names
         ]

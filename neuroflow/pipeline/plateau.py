@@ -143,3 +143,28 @@ def render_plateau_table(rows: list[PlateauRow], factor: float = 2.0) -> str:
     lines.append(f"{met} of {len(rows)} experts within {100 * (rows[0].tolerance if rows else 0.01):g} point of the "
                  f"{factor:g}x budget.")
     return "\n".join(lines)
+
+
+def longer_budget(recipe: Any, factor: float) -> list[str]:
+    """`--set` overrides that multiply every expert's budget by `factor`: the recipe's `max_epochs`
+    and early-stopping patience, and those a task sets in `task_training`.
+
+    Args:
+        recipe: the loaded recipe (`neuroflow.pipeline.recipe.load_recipe`).
+        factor: the budget multiplier.
+    """
+
+    def scaled(prefix: str, epochs: int, early_stopping: dict[str, Any] | None) -> list[str]:
+        out = [f"{prefix}.max_epochs={round(epochs * factor)}"]
+        if early_stopping is not None:
+            patience = int(early_stopping.get("patience", 3))
+            out.append(f"{prefix}.early_stopping.patience={max(1, round(patience * factor))}")
+        return out
+
+    sets = scaled("training", recipe.training.max_epochs, recipe.training.early_stopping)
+    for task, overlay in recipe.task_training.items():
+        # A task's own budget scales from its own values; one it inherits follows `training`.
+        if "max_epochs" in overlay or "early_stopping" in overlay:
+            own = recipe.expert_training(task)
+            sets += scaled(f"task_training.{task}", own.max_epochs, own.early_stopping)
+    return sets

@@ -90,6 +90,21 @@ def _check(recipe: Recipe) -> None:
             raise RecipeError(f"{where}: {key}={value!r}; choose one of {list(allowed)}")
     if recipe.training.mode == "lora" and not recipe.training.lora:
         raise RecipeError(f"{where}: training.mode is `lora` but training.lora (LoraConfig kwargs) is empty")
+    if not isinstance(recipe.task_training, dict):
+        raise RecipeError(f"{where}: task_training must be a mapping of task name -> training overrides")
+    for task, overlay in recipe.task_training.items():
+        if task not in recipe.tasks:
+            raise RecipeError(f"{where}: task_training.{task}: not a task of this recipe ({recipe.task_names})")
+        if not isinstance(overlay, dict):
+            raise RecipeError(f"{where}: task_training.{task} must be a mapping of `training` keys")
+        for key in ("mode", "save_format"):
+            # One experts collection holds one kind of expert, so these stay the recipe's.
+            if key in overlay and overlay[key] != getattr(recipe.training, key):
+                raise RecipeError(
+                    f"{where}: task_training.{task}.{key}={overlay[key]!r} differs from training.{key}="
+                    f"{getattr(recipe.training, key)!r}; every expert of a recipe shares it"
+                )
+        recipe.expert_training(task)  # unknown keys are named with their task
     seen: set[str] = set()
     reserved = {"pretrained", "individual", "multitask"}
     for i, run in enumerate(recipe.merges):
@@ -190,6 +205,8 @@ def load_recipe(
         if unknown:
             raise RecipeError(f"{where}: --tasks {unknown} not in the recipe's tasks {list(data['tasks'])}")
         data["tasks"] = {t: data["tasks"][t] for t in tasks}
+        if isinstance(data.get("task_training"), dict):
+            data["task_training"] = {t: v for t, v in data["task_training"].items() if t in tasks}
     merges = data.pop("merges", None) or []
     if not isinstance(merges, list):
         raise RecipeError(f"{where}: `merges` must be a list")

@@ -153,6 +153,9 @@ class Recipe:
         data_dir: root for the tasks' relative data files (default: neuroflow's data dir).
         task_dirs: extra folders of task YAMLs.
         training: how each expert is fine-tuned.
+        task_training: per-task overlay of `training` for that task's expert (same keys, deep-merged),
+            e.g. `{cola: {max_epochs: 8, early_stopping: {patience: 2}}}` for a task that needs a
+            longer fit to reach its plateau; `mode` and `save_format` stay the recipe's.
         multitask: the jointly trained comparison model.
         baselines: reference rows (pre-trained backbone, individual experts).
         merges: the merged models to build and score.
@@ -173,6 +176,7 @@ class Recipe:
     data_dir: str | None = None
     task_dirs: list[str] = field(default_factory=list)
     training: Training = field(default_factory=Training)
+    task_training: dict[str, dict[str, Any]] = field(default_factory=dict)
     multitask: MultiTask = field(default_factory=MultiTask)
     baselines: Baselines = field(default_factory=Baselines)
     merges: list[MergeRun] = field(default_factory=list)
@@ -184,6 +188,14 @@ class Recipe:
     @property
     def task_names(self) -> list[str]:
         return list(self.tasks)
+
+    def expert_training(self, task: str) -> Training:
+        """The training settings of `task`'s expert: `training` overlaid with `task_training[task]`."""
+        overlay = self.task_training.get(task)
+        if not overlay:
+            return self.training
+        merged = OmegaConf.merge(OmegaConf.create(asdict(self.training)), OmegaConf.create(overlay))
+        return build(Training, OmegaConf.to_container(merged), f"task_training.{task}", self.source_path)
 
     def multitask_training(self) -> Training:
         """The experts' training settings overlaid with `multitask.training`."""

@@ -49,3 +49,24 @@ def test_missing_manifest_and_monitor_are_named(tmp_path) -> None:
     (tmp_path / "manifest.json").write_text(json.dumps({"experts": [{"name": "x", "task": "x", "monitor": "val/x/f1", "metrics": {}}]}))
     with pytest.raises(KeyError, match="expert 'x' has no value for its monitor 'val/x/f1'"):
         manifest_scores(tmp_path)
+
+
+def test_longer_budget_scales_the_recipe_and_each_task_s_own_budget(tmp_path) -> None:
+    from neuroflow.pipeline.plateau import longer_budget
+    from neuroflow.pipeline.recipe import load_recipe
+
+    path = tmp_path / "r.yaml"
+    path.write_text(
+        "name: r\nbackbone: some/model\ntasks: [sst2, cola, trec]\n"
+        "training: {max_epochs: 4, early_stopping: {patience: 1}}\n"
+        "task_training: {cola: {max_epochs: 8, early_stopping: {patience: 2}}, trec: {data: {batch_size: 4}}}\n"
+    )
+    sets = longer_budget(load_recipe(path), 2.0)
+    assert sets == [
+        "training.max_epochs=8", "training.early_stopping.patience=2",
+        "task_training.cola.max_epochs=16", "task_training.cola.early_stopping.patience=4",
+    ]
+    # Applied as overrides, every expert's budget is doubled, trec's through the recipe's.
+    longer = load_recipe(path, overrides=sets)
+    assert [longer.expert_training(t).max_epochs for t in ("sst2", "cola", "trec")] == [8, 16, 8]
+    assert longer.expert_training("cola").early_stopping == {"patience": 4}

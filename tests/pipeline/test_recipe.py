@@ -109,3 +109,39 @@ def test_missing_file_and_required_keys(tmp_path: Path) -> None:
         load_recipe(_write(tmp_path, "loop.yaml", "extends: loop.yaml\nname: x\n"))
     with pytest.raises(RecipeError, match=r"override\(s\) \['caps.train'\] must look like key=value"):
         load_recipe(_write(tmp_path, "ok.yaml", BASE), overrides=["caps.train"])
+
+
+def test_task_training_overlays_one_expert(tmp_path: Path) -> None:
+    text = BASE + "task_training: {mine: {max_epochs: 8, early_stopping: {patience: 2}, data: {batch_size: 4}}}\n"
+    recipe = load_recipe(_write(tmp_path, "r.yaml", text))
+    mine, sst2 = recipe.expert_training("mine"), recipe.expert_training("sst2")
+    assert (mine.max_epochs, mine.early_stopping, mine.data) == (8, {"patience": 2}, {"batch_size": 4})
+    assert (sst2.max_epochs, sst2.early_stopping, sst2.data) == (2, None, {"batch_size": 8})
+    # The overlay reaches the expert's fit config, and only that expert's.
+    from neuroflow.pipeline import plan_recipe
+
+    stages = {s.name: s for s in plan_recipe(recipe).expert_stages()}
+    assert stages["fit_mine"].config["trainer"]["max_epochs"] == 8
+    assert stages["fit_sst2"].config["trainer"]["max_epochs"] == 2
+    assert any("EarlyStopping" in c["class_path"] for c in stages["fit_mine"].config["trainer"]["callbacks"])
+    assert not any("EarlyStopping" in c["class_path"] for c in stages["fit_sst2"].config["trainer"]["callbacks"])
+    # A --tasks subset drops the overlays of the tasks it leaves out.
+    assert load_recipe(tmp_path / "r.yaml", tasks=["sst2"]).task_training == {}
+
+
+@pytest.mark.parametrize(
+    ("overlay", "message"),
+    [
+        ({"nope": {"max_epochs": 3}}, r"task_training.nope: not a task of this recipe"),
+        ({"mine": {"epochs": 3}}, r"unknown key\(s\) \['epochs'\] under `task_training.mine`"),
+        ({"mine": {"mode": "lora"}}, r"task_training.mine.mode='lora' differs from training.mode='full'"),
+        ({"mine": 3}, r"task_training.mine must be a mapping"),
+    ],
+)
+def test_bad_task_training_names_the_key(tmp_path: Path, overlay: dict, message: str) -> None:
+    data = yaml.safe_load(BASE)
+    data["task_training"] = overlay
+    path = _write(tmp_path, "bad.yaml", yaml.safe_dump(data))
+    with pytest.raises(RecipeError, match=message) as info:
+        load_recipe(path)
+    assert str(path) in str(info.value)
