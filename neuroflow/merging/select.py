@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -161,12 +162,37 @@ def streamed_trim_statistics(
     return TrimStatistics(mask_rate, numel, k, thresholds, sigma)
 
 
-def _blocks(stream: Stream, stride: int, num_tasks: int, dtype: torch.dtype) -> Iterable[Tensor]:
-    """The stream's blocks as magnitudes in `dtype`, checked for their task count."""
+def _blocks(stream: Stream, stride: int, num_tasks: int, dtype: torch.dtype, scratch: _Scratch | None = None) -> Iterable[Tensor]:
+    """The stream's blocks as magnitudes in `dtype`, checked for their task count. With `scratch`,
+    every block is written into the same buffer: the caller must be done with one block before
+    asking for the next."""
     for values in stream(stride):
         if values.shape[0] != num_tasks:
             raise ValueError(f"expected {num_tasks} task rows, got shape {tuple(values.shape)}")
-        yield values.detach().reshape(num_tasks, -1).abs().to(dtype).contiguous()
+        flat = values.detach().reshape(num_tasks, -1)
+        if scratch is None or flat.device.type != "cpu":
+            yield flat.abs().to(dtype).contiguous()
+            continue
+        out = scratch.get("magnitude", tuple(flat.shape), dtype)
+        yield torch.abs(flat, out=out) if flat.dtype == dtype else out.copy_(flat).abs_()
+
+
+class _Scratch:
+    """One growing CPU buffer per role, reused block after block: a pass over a model makes
+    thousands of blocks, and fresh multi-megabyte temporaries are page-faulted in every time
+    (on a VM, faults cost more than the arithmetic done in the pages)."""
+
+    def __init__(self) -> None:
+        self._buffers: dict[str, Tensor] = {}
+
+    def get(self, role: str, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
+        """An uninitialised tensor of `shape` and `dtype` on `role`'s buffer (valid until the next
+        `get` of the same role)."""
+        nbytes = math.prod(shape) * dtype.itemsize
+        buffer = self._buffers.get(role)
+        if buffer is None or buffer.numel() < nbytes:
+            buffer = self._buffers[role] = torch.empty(nbytes, dtype=torch.uint8)
+        return buffer[:nbytes].view(dtype).view(shape)
 
 
 def _bracket(stream: Stream, num_tasks: int, numel: int, k: int, dtype: torch.dtype) -> tuple[Tensor, Tensor, int]:
@@ -219,14 +245,18 @@ class _Pages:
         return torch.cat([*self.pages[:-1], self.pages[-1][: self.used]])
 
 
-def _inside(magnitude: Tensor, low: Tensor, high: Tensor) -> list[Tensor]:
+def _inside(magnitude: Tensor, low: Tensor, high: Tensor, scratch: _Scratch | None = None) -> list[Tensor]:
     """Per task row, the entries of `magnitude` in `[low[t], high[t]]`, in order."""
     if magnitude.device.type != "cpu":
         within = (magnitude >= low[:, None].to(magnitude.device)) & (magnitude <= high[:, None].to(magnitude.device))
         return [row[keep].cpu() for row, keep in zip(magnitude, within)]
     # numpy's boolean indexing is ~10x faster than torch's masked_select on CPU.
     values = magnitude.numpy()
-    within = (values >= low.numpy()[:, None]) & (values <= high.numpy()[:, None])
+    scratch = scratch or _Scratch()
+    within = scratch.get("within", tuple(values.shape), torch.bool).numpy()
+    upper = scratch.get("upper", tuple(values.shape), torch.bool).numpy()
+    np.greater_equal(values, low.numpy()[:, None], out=within)
+    np.logical_and(within, np.less_equal(values, high.numpy()[:, None], out=upper), out=within)
     return [torch.from_numpy(row[keep]) for row, keep in zip(values, within)]
 
 
@@ -241,18 +271,19 @@ def _window_select(
     inside = [_Pages(dtype) for _ in range(num_tasks)]
     inside_count = [0] * num_tasks
     seen = 0
-    for magnitude in _blocks(stream, 1, num_tasks, dtype):
+    scratch = _Scratch()
+    for magnitude in _blocks(stream, 1, num_tasks, dtype, scratch):
         seen += magnitude.shape[1]
         # Block sums in the block's dtype (much faster than a float64 reduction), accumulated in
         # float64 across blocks: sigma_t is exact to a few float32 ulps.
         total_mass += magnitude.sum(dim=1)
         # A float 0/1 mask: torch's comparisons into bool tensors run ~10x slower on CPU, and the
         # products and sums are the same values as with a bool mask. Block counts (< 2^24) are exact.
-        below = torch.lt(magnitude, low[:, None], out=torch.empty_like(magnitude))
+        below = torch.lt(magnitude, low[:, None], out=scratch.get("below", tuple(magnitude.shape), magnitude.dtype))
         exact = magnitude.dtype if magnitude.shape[1] < 1 << 24 else torch.float64
         below_count += below.sum(dim=1, dtype=exact).to(torch.int64)
         below_mass += below.mul_(magnitude).sum(dim=1)
-        for t, values in enumerate(_inside(magnitude, low, high)):
+        for t, values in enumerate(_inside(magnitude, low, high, scratch)):
             if inside_count[t] <= cap:
                 inside_count[t] += inside[t].add(values)
     if seen != numel:
@@ -264,7 +295,8 @@ def _window_select(
         if inside_count[t] > cap or not 0 < rank <= inside_count[t]:
             return None  # the bracket missed the k-th value (or was too crowded): radix fallback
         candidates = inside[t].values()
-        kth = candidates.kthvalue(rank).values
+        # numpy's introselect: the same k-th value as `kthvalue`, without its int64 index buffer.
+        kth = torch.from_numpy(np.partition(candidates.numpy(), rank - 1)[rank - 1 : rank].copy()).reshape(())
         removed = below_mass[t] + candidates[candidates < kth].sum(dtype=torch.float64)
         thresholds.append(kth.clone())
         sigma.append(float(removed / total_mass[t]) if total_mass[t] > 0 else 0.0)

@@ -81,6 +81,10 @@ class TaskVectors:
     def num_tasks(self) -> int:
         return len(self.experts)
 
+    def _empty(self, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
+        """Storage for a stack or block (the streamed engine's subclass hands out recycled buffers)."""
+        return torch.empty(shape, dtype=dtype)
+
     @property
     def selection_dtype(self) -> torch.dtype:
         """The dtype magnitudes are ranked in: float64 if any merged tensor is float64."""
@@ -148,11 +152,11 @@ class TaskVectors:
                     v.is_floating_point() and v.device.type == "cpu" for v in stored)
                 for start in range(0, flat_base.numel(), chunk_size):
                     block_base = flat_base[start : start + chunk_size]
-                    block = torch.empty((self.num_tasks, block_base.numel()), dtype=dtype)
+                    block = self._empty((self.num_tasks, block_base.numel()), dtype)
                     if fast:
                         # The upcast is exact and the subtraction rounds once, as in `as_task_vector`
                         # (same values), with the base cast once per block instead of once per expert.
-                        base_c = block_base.to(dtype)
+                        base_c = self._empty(tuple(block_base.shape), dtype).copy_(block_base)
                         for i, values in enumerate(stored):
                             block[i].copy_(values[start : start + chunk_size]).sub_(base_c)
                     else:

@@ -15,8 +15,26 @@ def test_a_dead_tensor_buffer_is_reused_for_the_same_size_and_dtype() -> None:
     del first
     again = pool.empty((8, 4), torch.float32)  # same numel: any shape
     assert again.data_ptr() == address and pool.reused == 1 and again.shape == (8, 4)
-    other = pool.empty((32,), torch.bfloat16)  # another dtype: a fresh buffer
-    assert other.data_ptr() != address and pool.reused == 1
+    bigger = pool.empty((64,), torch.float32)  # does not fit in the live buffer's 128 bytes
+    assert bigger.data_ptr() != address and pool.reused == 1
+
+
+def test_a_free_buffer_serves_smaller_requests_of_any_dtype_best_fit_first() -> None:
+    pool = Recycler(1 << 20)
+    large, small = pool.empty((1024,), torch.float32), pool.empty((256,), torch.float32)
+    large_at, small_at = large.data_ptr(), small.data_ptr()
+    del large, small
+    # 200 bytes: both buffers are large enough, but more than SLACK times too large.
+    assert pool.empty((100,), torch.float16).data_ptr() not in (large_at, small_at)
+    # 1024 bytes in bfloat16: the 1024-byte buffer fits exactly (best fit before the 4096-byte one).
+    exact = pool.empty((512,), torch.bfloat16)
+    assert exact.data_ptr() == small_at and exact.dtype == torch.bfloat16 and pool.reused == 1
+    # 1200 bytes: the 4096-byte buffer (within SLACK), handed out as a prefix of the right shape.
+    prefix = pool.empty((10, 30), torch.float32).fill_(3.0)
+    assert prefix.data_ptr() == large_at and prefix.shape == (10, 30) and prefix.is_contiguous()
+    assert float(prefix.sum()) == 900.0 and pool.reused == 2
+    del prefix  # the whole buffer comes back, not just the prefix
+    assert pool._bytes == 4096 + 200  # (the fresh float16 buffer above died too)
 
 
 def test_a_live_view_keeps_the_buffer_out_of_the_pool() -> None:
