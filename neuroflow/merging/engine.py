@@ -334,9 +334,9 @@ def merge_stream(
         prefetch: read the next tensor's task vectors in a background thread while the current
             one is merged (only when they fit in `PREFETCH_BYTES`, and only when `threads` leaves a
             core free for it).
-        recycle: reuse the buffers of task-vector stacks and base copies for later tensors of the
-            same size (at most (T + 2) x the largest tensor is kept); a buffer the method still
-            references is never reused.
+        recycle: reuse the buffers of task-vector stacks and base copies for later tensors that
+            fit in them (at most (2T + 3) x the largest unit is kept free, and 32 MiB for the
+            statistics passes); a buffer the method still references is never reused.
 
     Raises:
         MergeInputError: inputs that cannot be merged (names, shapes, dtypes, routes: before any
