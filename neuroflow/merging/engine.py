@@ -28,7 +28,7 @@ from torch import Tensor
 
 from neuroflow.merging.base import MergeMethod
 from neuroflow.merging.buffers import StreamTaskVectors as _StreamTaskVectors
-from neuroflow.merging.routing import SKIP, Route, matches, parse_route, route_by_shape
+from neuroflow.merging.routing import Route, resolve_routing
 from neuroflow.merging.select import TrimStatistics
 from neuroflow.merging.recycler import Recycler as _Recycler
 from neuroflow.merging.sources import DictExperts, ExpertSource, read_rows, tensor_meta
@@ -56,34 +56,6 @@ class MergeResult:
 
     state_dict: dict[str, Tensor]
     info: dict[str, Any] = field(default_factory=dict)
-
-
-def resolve_routing(
-    base: Mapping[str, Tensor],
-    routing: Mapping[str, Route | str] | None = None,
-    exclude: Sequence[str] | None = None,
-) -> dict[str, Route]:
-    """The route of every tensor of `base`.
-
-    Names missing from `routing` follow the shape rule (2-D float -> neuron rows, other float ->
-    point); names matching `exclude` and non-float tensors are skipped (copied from the base).
-
-    Args:
-        base: the pre-trained weights.
-        routing: name -> route (e.g. from `routing_from_module`); entries for names not in the base
-            are ignored.
-        exclude: exact names or glob patterns of tensors not to merge (task heads, buffers).
-    """
-    resolved = {}
-    for name in base:
-        shape, dtype = tensor_meta(base, name)
-        if matches(name, exclude) or not dtype.is_floating_point:
-            resolved[name] = SKIP
-        elif routing is not None and name in routing:
-            resolved[name] = parse_route(routing[name])
-        else:
-            resolved[name] = route_by_shape((shape, dtype))
-    return resolved
 
 
 def _jsonable(value: Any) -> Any:

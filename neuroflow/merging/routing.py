@@ -11,13 +11,15 @@ patterns, and `exclude` patterns (task heads, buffers) mark tensors that are cop
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Literal
 
 import torch
 from torch import Tensor, nn
+
+from neuroflow.merging.sources import tensor_meta
 
 RouteKind = Literal["neuron", "point", "skip"]
 
@@ -182,3 +184,31 @@ def routing_from_module(
         if override is not None:
             routing[name] = override
     return routing
+
+
+def resolve_routing(
+    base: Mapping[str, Tensor],
+    routing: Mapping[str, Route | str] | None = None,
+    exclude: Sequence[str] | None = None,
+) -> dict[str, Route]:
+    """The route of every tensor of `base`.
+
+    Names missing from `routing` follow the shape rule (2-D float -> neuron rows, other float ->
+    point); names matching `exclude` and non-float tensors are skipped (copied from the base).
+
+    Args:
+        base: the pre-trained weights.
+        routing: name -> route (e.g. from `routing_from_module`); entries for names not in the base
+            are ignored.
+        exclude: exact names or glob patterns of tensors not to merge (task heads, buffers).
+    """
+    resolved = {}
+    for name in base:
+        shape, dtype = tensor_meta(base, name)
+        if matches(name, exclude) or not dtype.is_floating_point:
+            resolved[name] = SKIP
+        elif routing is not None and name in routing:
+            resolved[name] = parse_route(routing[name])
+        else:
+            resolved[name] = route_by_shape((shape, dtype))
+    return resolved
