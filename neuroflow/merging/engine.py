@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from neuroflow.merging import kernels
 from neuroflow.merging.base import MergeMethod
 from neuroflow.merging.buffers import StreamTaskVectors as _StreamTaskVectors
 from neuroflow.merging.routing import Route, resolve_routing
@@ -81,16 +82,19 @@ def _tick(progress: Progress | None, name: str) -> None:
 
 @contextmanager
 def _intra_op_threads(threads: int | None) -> Iterator[None]:
-    """torch's intra-op thread count set to `threads` inside the block (None: left as it is)."""
+    """torch's intra-op thread count, and the compiled kernels', set to `threads` inside the block
+    (None: torch's left as it is, the kernels' following it)."""
     if threads is None:
-        yield
+        with kernels.threads(None):
+            yield
         return
     if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
         raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        yield
+        with kernels.threads(threads):
+            yield
     finally:
         torch.set_num_threads(before)
 

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from neuroflow.merging import kernels
 from neuroflow.merging.steps import kth_index
 from neuroflow.merging.validation import check_range
 
@@ -272,8 +273,21 @@ def _window_select(
     inside_count = [0] * num_tasks
     seen = 0
     scratch = _Scratch()
-    for magnitude in _blocks(stream, 1, num_tasks, dtype, scratch):
-        seen += magnitude.shape[1]
+    for values in stream(1):
+        if values.shape[0] != num_tasks:
+            raise ValueError(f"expected {num_tasks} task rows, got shape {tuple(values.shape)}")
+        flat = values.detach().reshape(num_tasks, -1)
+        seen += flat.shape[1]
+        found = None
+        if flat.dtype == dtype:
+            window = scratch.get("inside", tuple(flat.shape), dtype)
+            found = kernels.window_block(flat, low, high, total_mass, below_count, below_mass, window)
+        if found is not None:
+            for t, count in enumerate(found.tolist()):
+                if inside_count[t] <= cap:
+                    inside_count[t] += inside[t].add(window[t, :count])
+            continue
+        magnitude = next(_blocks(lambda _: [flat], 1, num_tasks, dtype, scratch))
         # Block sums in the block's dtype (much faster than a float64 reduction), accumulated in
         # float64 across blocks: sigma_t is exact to a few float32 ulps.
         total_mass += magnitude.sum(dim=1)

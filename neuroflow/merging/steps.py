@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from neuroflow.merging import kernels
+
 
 def kth_index(numel: int, mask_rate: float) -> int:
     """The 1-based rank `k = floor(numel * mask_rate)` of the magnitude threshold (0: keep all).
@@ -181,7 +183,8 @@ def ties_merge(
     first sweep's sums decide) at a fraction of the memory traffic.
 
     Args:
-        x: per-task values, shape `(T, ...)`; trimmed in place when `thresholds` are given.
+        x: per-task values, shape `(T, ...)`; may be trimmed in place when `thresholds` are given
+            (its contents are unspecified afterwards).
         group_dim: tie-fallback group dimension, see `elect_signs`.
         thresholds: per-task magnitude thresholds for `trim_tasks_` (None: no trim).
         tie: `x` is one row block of a larger tensor whose fallback `tie` tracks (see
@@ -196,6 +199,9 @@ def ties_merge(
     if thresholds is not None and len(thresholds) != x.shape[0]:
         raise ValueError(f"got {len(thresholds)} thresholds for {x.shape[0]} tasks")
     flat = x.reshape(x.shape[0], -1)
+    compiled = _compiled_ties(flat, thresholds, tie)
+    if compiled is not None:
+        return compiled.reshape(x.shape[1:])
     total = torch.empty(flat.shape[1], dtype=x.dtype)
     trim = thresholds is not None and any(t is not None for t in thresholds)
     partial = trim and any(t is None for t in thresholds)
@@ -231,3 +237,22 @@ def ties_merge(
             # assumed +1 counted (an all-zero column merges to 0 under any sign).
             tie.assumed = bool((zero & (count > 0)).any())
     return out.reshape(x.shape[1:])
+
+
+def _compiled_ties(flat: Tensor, thresholds: list[Tensor | float | None] | None, tie: TieFallback | None) -> Tensor | None:
+    """`ties_merge`'s blocked path through `kernels.ties_columns` (same values, one pass per
+    sweep), keeping `tie` as the torch path does; None when the kernel does not apply."""
+    limits = None
+    if thresholds is not None and any(t is not None for t in thresholds):
+        # float64 holds every float32/float64 threshold exactly; a None threshold keeps all (|x| >= 0).
+        limits = torch.tensor([0.0 if t is None else float(t) for t in thresholds], dtype=torch.float64)
+    first_pass = tie is not None and tie.value is None
+    fallback = None if tie is None else (1.0 if first_pass else tie.value)
+    done = kernels.ties_columns(flat, limits, fallback)
+    if done is None:
+        return None
+    out, sign_sum, ambiguous = done
+    if first_pass:
+        tie.sign_sum += sign_sum
+        tie.assumed = ambiguous
+    return out

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from neuroflow.merging.routing import Route
+from neuroflow.merging.prefetch import ahead_stream
 from neuroflow.merging.select import TrimStatistics, streamed_trim_statistics
 from neuroflow.merging.sources import ExpertSource, as_task_vector, read_rows, read_strided, tensor_meta
 from neuroflow.merging.validation import MergeInputError, all_finite, check_values, non_float_message
@@ -248,8 +249,10 @@ class TaskVectors:
             mask_rate: fraction of entries dropped by magnitude, in [0, 1].
         """
         if mask_rate not in self._trim_cache:
+            # Blocks are built (read, cast, subtracted) one ahead on a second core while the
+            # selection reduces the current one.
             self._trim_cache[mask_rate] = streamed_trim_statistics(
-                self.chunks,
+                ahead_stream(self.chunks),
                 num_tasks=self.num_tasks,
                 numel=self.numel,
                 mask_rate=mask_rate,

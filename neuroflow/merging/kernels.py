@@ -1,0 +1,150 @@
+"""Compiled CPU loops for the two hot spots of a streamed merge, when numba is installed.
+
+The torch steps in `steps.py` and `select.py` are the definition; these kernels compute the same
+values in one pass over memory instead of one pass per element-wise op (a TIES merge is ~12 ops,
+each reading and writing `T x numel` floats). Only CPU tensors in float32/float64 take them:
+
+- `ties_columns`: trim by per-task limits, elect signs, disjoint mean, for one tensor (or row
+  block) with a tensor-wide tie fallback. The arithmetic is the torch path's, in its order (sums
+  over tasks in task order, in the tensor's dtype), so results are bit-identical.
+- `window_block`: one block of the window select's full pass: per-task L1 mass, count and mass
+  below the bracket, and the entries inside it. Masses are summed in float32 lanes flushed to
+  float64, so `sigma` may differ from the torch path's (float32 block sums) by float32 rounding;
+  the thresholds and counts are exact either way.
+
+`NEUROFLOW_KERNELS=0` turns them off (the torch path is used); without numba they are off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+from torch import Tensor
+
+# Below this many values per call the kernels run on the calling thread only.
+_SPLIT_MIN = 1 << 18
+
+
+@functools.cache
+def _compiled():
+    """The loops module, or None (numba missing, or `NEUROFLOW_KERNELS=0`)."""
+    if os.environ.get("NEUROFLOW_KERNELS", "1") == "0":
+        return None
+    try:
+        from neuroflow.merging import numba_loops
+    except ImportError:
+        return None
+    return numba_loops
+
+
+_POOL: ThreadPoolExecutor | None = None
+# Threads the kernels split their work over (None: torch's intra-op setting), set by the merge.
+_THREADS: int | None = None
+
+
+@contextlib.contextmanager
+def threads(count: int | None) -> Iterator[None]:
+    """Use `count` threads for the kernels inside the block (None: torch's current setting, read
+    now: a helper thread that changes torch's setting later does not change the kernels').
+
+    Args:
+        count: threads (>= 1), or None.
+    """
+    global _THREADS
+    before = _THREADS
+    _THREADS = torch.get_num_threads() if count is None else count
+    try:
+        yield
+    finally:
+        _THREADS = before
+
+
+def _run(kernel, args: tuple, size: int, work: int, align: int = 1) -> list:
+    """`kernel(*args, start, stop)` over `[0, size)`, split into up to `torch.get_num_threads()`
+    ranges (multiples of `align`) that run concurrently, the kernels releasing the GIL; returns
+    each range's result. `work` (scalars touched) keeps small calls on this thread."""
+    global _POOL
+    threads = max(1, min(_THREADS or torch.get_num_threads(), -(-size // align), work // _SPLIT_MIN))
+    if threads == 1:
+        return [kernel(*args, 0, size)]
+    if _POOL is None or _POOL._max_workers < threads:
+        _POOL = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="neuroflow-kernel")
+    bounds = [min(size, -(-(size * i // threads) // align) * align) for i in range(threads + 1)]
+    futures = [_POOL.submit(kernel, *args, a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
+    return [f.result() for f in futures]
+
+
+def enabled() -> bool:
+    """Whether the compiled kernels are in use (numba importable and not turned off)."""
+    return _compiled() is not None
+
+
+def _fits(x: Tensor) -> bool:
+    return x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and x.is_contiguous() and not x.requires_grad
+
+
+def _limits_in(dtype: np.dtype, limits: Tensor | None, tasks: int) -> np.ndarray:
+    """Per-task limits in `dtype`, rounded up: for values of `dtype`, `|v| >= up(l)` exactly when
+    `|v| >= l` (a float64 threshold need not be a float32)."""
+    if limits is None:
+        return np.zeros(tasks, dtype)
+    wide = limits.detach().reshape(-1).to(torch.float64).numpy()
+    narrow = wide.astype(dtype)
+    return np.where(narrow < wide, np.nextafter(narrow, dtype.type(np.inf)), narrow)
+
+
+def ties_columns(flat: Tensor, limits: Tensor | None, fallback: float | None) -> tuple[Tensor, int, bool] | None:
+    """TIES on `(T, N)` values: `(merged (N,), sum of elected signs, ambiguous columns seen)`, or
+    None when the kernels do not apply (the caller runs the torch steps).
+
+    The sign fallback of columns whose summed mass is 0 is `fallback`, or, when None, the sign of
+    the sum of the elected signs (the whole-tensor rule). Ambiguous columns (mass 0, some entry
+    kept) are the ones the fallback decided, see `steps.TieFallback`.
+
+    Args:
+        flat: per-task values, contiguous, float32 or float64; not modified.
+        limits: per-task magnitude limits `(T,)` (entries with `|x| < limit` are dropped), or None.
+        fallback: the tie fallback (-1, 0, 1), or None to derive it from this tensor.
+    """
+    kernels = _compiled()
+    if kernels is None or not _fits(flat) or flat.dim() != 2:
+        return None
+    x = flat.numpy()
+    bounds = _limits_in(x.dtype, limits, x.shape[0])
+    out = np.empty(x.shape[1], x.dtype)
+    sign_sum = sum(_run(kernels.ties_totals, (x, bounds, out), x.shape[1], x.size, kernels.COLUMNS))
+    if fallback is None:
+        fallback = float((sign_sum > 0) - (sign_sum < 0))
+    ambiguous = any(_run(kernels.ties_means, (x, bounds, out, float(fallback)), x.shape[1], x.size, kernels.COLUMNS))
+    return torch.from_numpy(out), int(sign_sum), bool(ambiguous)
+
+
+def window_block(
+    values: Tensor, low: Tensor, high: Tensor, total: Tensor, below_count: Tensor, below_mass: Tensor, inside: Tensor
+) -> Tensor | None:
+    """Accumulate one `(T, m)` block into the window select's per-task sums (in place) and write
+    each task's magnitudes inside `[low, high]` to `inside[t, :count[t]]`; returns the counts, or
+    None when the kernels do not apply.
+
+    Args:
+        values: task values (signed), contiguous, in the selection dtype.
+        low: per-task lower bracket, `(T,)`, the selection dtype.
+        high: per-task upper bracket, `(T,)`.
+        total: float64 `(T,)`, L1 mass so far.
+        below_count: int64 `(T,)`, entries below `low` so far.
+        below_mass: float64 `(T,)`, their mass so far.
+        inside: contiguous scratch of `values`' shape and dtype.
+    """
+    kernels = _compiled()
+    if kernels is None or not _fits(values) or values.dim() != 2 or low.dtype != values.dtype or not inside.is_contiguous():
+        return None
+    counts = np.zeros(values.shape[0], np.int64)
+    args = (values.numpy(), low.numpy(), high.numpy(), total.numpy(), below_count.numpy(), below_mass.numpy(), inside.numpy(), counts)
+    _run(kernels.window_rows, args, values.shape[0], values.numel())  # each task row on one thread
+    return torch.from_numpy(counts)

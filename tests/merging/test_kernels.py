@@ -1,0 +1,170 @@
+"""The compiled kernels give the torch steps' values (TIES bit for bit, the selection's thresholds
+exactly and its masses to float rounding), on hand-built tensors and against the torch path."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from neuroflow.merging import kernels, steps
+from neuroflow.merging.select import streamed_trim_statistics, tensor_stream
+from neuroflow.merging.steps import TieFallback, ties_merge
+
+pytest.importorskip("numba")
+
+
+@pytest.fixture
+def torch_path(monkeypatch):
+    """Runs a callable with the kernels turned off."""
+
+    def run(fn, *args, **kwargs):
+        with monkeypatch.context() as patch:
+            patch.setattr(kernels, "_compiled", lambda: None)
+            return fn(*args, **kwargs)
+
+    return run
+
+
+def test_kernels_are_in_use() -> None:
+    assert kernels.enabled()
+
+
+def test_env_switch_turns_them_off(monkeypatch) -> None:
+    monkeypatch.setenv("NEUROFLOW_KERNELS", "0")
+    kernels._compiled.cache_clear()
+    try:
+        assert not kernels.enabled()
+        assert kernels.ties_columns(torch.ones(2, 3), None, None) is None
+    finally:
+        monkeypatch.delenv("NEUROFLOW_KERNELS")
+        kernels._compiled.cache_clear()
+    assert kernels.enabled()
+
+
+def test_ties_on_a_hand_built_tensor() -> None:
+    x = torch.tensor([[1.0, -2.0, 0.5, 0.0], [-1.0, 3.0, 0.5, 0.0]])
+    # Trimmed: [[1, -2, 0, 0], [-1, 3, 0, 0]]; sums [0, 1, 0, 0]; signs sum to 1, so the fallback
+    # is +1: column 0 (mass 0, entries kept) takes the positive entry, column 2 is all trimmed.
+    thresholds = [torch.tensor(0.6), torch.tensor(0.6)]
+    assert torch.equal(ties_merge(x.clone(), thresholds=thresholds), torch.tensor([1.0, 3.0, 0.0, 0.0]))
+    tie = TieFallback()
+    assert torch.equal(ties_merge(x.clone(), thresholds=thresholds, tie=tie), torch.tensor([1.0, 3.0, 0.0, 0.0]))
+    assert (tie.sign_sum, tie.assumed) == (1, True)
+    known = TieFallback(value=-1.0)
+    assert torch.equal(ties_merge(x.clone(), thresholds=thresholds, tie=known), torch.tensor([-1.0, 3.0, 0.0, 0.0]))
+    assert known.sign_sum == 0  # a known fallback is not accumulated again
+    # A fallback of 0 keeps the negative entries, as the reference's where(sign > 0, ...) does.
+    assert torch.equal(ties_merge(x.clone(), thresholds=thresholds, tie=TieFallback(value=0.0)), torch.tensor([-1.0, 3.0, 0.0, 0.0]))
+    # No trim: [1 - 1, -2 + 3, 0.5 + 0.5, 0] -> signs (fallback +1) -> means 1, 3, 0.5, 0.
+    assert torch.equal(ties_merge(x.clone()), torch.tensor([1.0, 3.0, 0.5, 0.0]))
+
+
+def _cases(tasks: int, dtype: torch.dtype, generator: torch.Generator) -> list[tuple]:
+    x = torch.randn(tasks, 300, 70, dtype=dtype, generator=generator)
+    x[:, :5] = 0  # all-zero columns
+    x[0, 7], x[-1, 7] = 1.0, -1.0  # exact cancellations (ambiguous when tasks == 2)
+    medians = [x[t].abs().median() for t in range(tasks)]
+    cases = []
+    for thresholds in (None, medians, [None, *medians[1:]]):
+        for tie in (None, "first", 0.0, -1.0, 1.0):
+            cases.append((x, thresholds, tie))
+    return cases
+
+
+def _tie(value):
+    return None if value is None else TieFallback(value=None if value == "first" else value)
+
+
+@pytest.mark.parametrize("tasks", [1, 2, 3, 4])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_ties_kernel_matches_the_torch_steps_bit_for_bit(torch_path, tasks, dtype) -> None:
+    g = torch.Generator().manual_seed(tasks)
+    for x, thresholds, tie in _cases(tasks, dtype, g):
+        expected_tie, got_tie = _tie(tie), _tie(tie)
+        expected = torch_path(ties_merge, x.clone(), thresholds=thresholds, tie=expected_tie)
+        got = ties_merge(x.clone(), thresholds=thresholds, tie=got_tie)
+        assert got.dtype == dtype and got.shape == x.shape[1:]
+        assert torch.equal(got, expected), (thresholds is None, tie)
+        if expected_tie is not None:
+            assert (got_tie.sign_sum, got_tie.assumed) == (expected_tie.sign_sum, expected_tie.assumed)
+
+
+def test_ties_kernel_sums_tasks_in_order_for_many_tasks() -> None:
+    # torch's reduction over dim 0 may regroup the sum for some widths; the kernel always adds
+    # tasks in order, which this loop does by hand.
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(8, 21000, generator=g)
+    limit = torch.tensor(0.7)
+    kept = x * (x.abs() >= limit)
+    total = kept[0].clone()
+    for row in kept[1:]:
+        total += row
+    fallback = torch.sign(torch.sign(total).sum())
+    sign = torch.where(total == 0, fallback, torch.sign(total))
+    s = torch.where(sign > 0, 1.0, -1.0)
+    mass, count = torch.zeros(21000), torch.zeros(21000)
+    for row in kept:
+        a = (row * s).clamp(min=0)
+        mass += a
+        count += a > 0
+    expected = mass * s / count.clamp(min=1)
+    assert torch.equal(ties_merge(x.clone(), thresholds=[limit] * 8), expected)
+
+
+def test_float64_thresholds_compare_float32_values_exactly(torch_path) -> None:
+    # float32(0.1) is above the float64 0.1, the float32 just below it is under: a threshold
+    # rounded to float32 would keep both or neither.
+    above = np.float32(0.1)
+    below = np.nextafter(above, np.float32(0))
+    x = torch.tensor([[above, -below, 0.5], [below, above, -0.5]], dtype=torch.float32)
+    thresholds = [torch.tensor(0.1, dtype=torch.float64)] * 2
+    got = ties_merge(x.clone(), thresholds=thresholds)
+    assert torch.equal(got, torch_path(ties_merge, x.clone(), thresholds=thresholds))
+    assert torch.equal(got, torch.tensor([float(above), float(above), 0.5]))
+
+
+def test_threads_split_the_columns_without_changing_values() -> None:
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(4, 3 * 2048 * 64 + 7, generator=g)
+    thresholds = [torch.tensor(0.9)] * 4
+    with kernels.threads(1):
+        one = ties_merge(x.clone(), thresholds=thresholds, tie=(tie_one := TieFallback()))
+    with kernels.threads(2):
+        two = ties_merge(x.clone(), thresholds=thresholds, tie=(tie_two := TieFallback()))
+    assert torch.equal(one, two)
+    assert (tie_one.sign_sum, tie_one.assumed) == (tie_two.sign_sum, tie_two.assumed)
+
+
+def test_window_block_on_a_hand_built_block() -> None:
+    values = torch.tensor([[3.0, -1.0, 2.0, -4.0], [0.5, 0.25, -2.5, 1.0]])
+    low, high = torch.tensor([1.5, 0.3]), torch.tensor([3.0, 1.0])
+    total = torch.tensor([1.0, 0.0], dtype=torch.float64)  # accumulates onto what is there
+    below_count = torch.zeros(2, dtype=torch.int64)
+    below_mass = torch.zeros(2, dtype=torch.float64)
+    inside = torch.empty(2, 4)
+    counts = kernels.window_block(values, low, high, total, below_count, below_mass, inside)
+    assert counts.tolist() == [2, 2]
+    assert inside[0, :2].tolist() == [3.0, 2.0] and inside[1, :2].tolist() == [0.5, 1.0]
+    assert total.tolist() == [11.0, 4.25]
+    assert below_count.tolist() == [1, 1] and below_mass.tolist() == [1.0, 0.25]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_selection_with_kernels_matches_the_torch_path(torch_path, dtype) -> None:
+    g = torch.Generator().manual_seed(5)
+    # Heavy-tailed values, tensors of odd sizes (a tail shorter than a lane block), 3 tasks.
+    tensors = [torch.randn(3, n, dtype=dtype, generator=g) ** 3 for n in (1, 1000, 1 << 18, 300_001)]
+    numel = sum(t[0].numel() for t in tensors)
+    for mask_rate in (0.2, 0.8, 0.99):
+        expected = torch_path(streamed_trim_statistics, tensor_stream(tensors), 3, numel, mask_rate, dtype)
+        got = streamed_trim_statistics(tensor_stream(tensors), 3, numel, mask_rate, dtype)
+        assert got.k == expected.k
+        assert all(torch.equal(a, b) for a, b in zip(got.thresholds, expected.thresholds))
+        assert got.sigma == pytest.approx(expected.sigma, rel=1e-6)
+        # The definition, on the concatenated magnitudes.
+        flat = torch.cat([t.reshape(3, -1) for t in tensors], dim=1).abs().to(torch.float64)
+        for t in range(3):
+            kth = flat[t].kthvalue(got.k).values
+            assert float(got.thresholds[t]) == float(kth)
+            assert got.sigma[t] == pytest.approx(float(flat[t][flat[t] < kth].sum() / flat[t].sum()), rel=1e-6)

@@ -1,0 +1,64 @@
+"""`ahead` keeps values and order, raises the producer's error where it happened, and stops its
+thread when the consumer stops early."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import torch
+
+from neuroflow.merging.prefetch import ahead, ahead_stream
+
+
+def test_items_in_order_and_torch_threads_kept() -> None:
+    before = torch.get_num_threads()
+    assert list(ahead(iter(range(100)), depth=3)) == list(range(100))
+    assert list(ahead([])) == []
+    assert torch.get_num_threads() == before
+
+
+def test_producer_error_raised_at_its_item() -> None:
+    def items():
+        yield 1
+        yield 2
+        raise KeyError("tensor 'x' is missing")
+
+    got = []
+    with pytest.raises(KeyError, match="tensor 'x'"):
+        for item in ahead(items()):
+            got.append(item)
+    assert got == [1, 2]
+
+
+def test_closing_early_stops_the_producer() -> None:
+    produced = []
+
+    def items():
+        for i in range(10_000):
+            produced.append(i)
+            yield i
+
+    stream = ahead(items(), depth=1)
+    assert next(stream) == 0
+    stream.close()
+    time.sleep(0.3)
+    assert len(produced) <= 3  # the consumer's item, one queued, one being put
+    assert not any(t.name == "neuroflow-ahead" and t.is_alive() for t in threading.enumerate())
+
+
+def test_stream_prefetches_full_passes_only() -> None:
+    calls = []
+
+    def stream(stride: int = 1):
+        calls.append((stride, threading.current_thread().name))
+        yield from range(stride, 4)
+
+    wrapped = ahead_stream(stream, min_cores=1)
+    assert list(wrapped(1)) == [1, 2, 3]
+    assert list(wrapped(2)) == [2, 3]
+    # A full pass runs on the helper thread, a sample on the caller's.
+    assert calls[0] == (1, "neuroflow-ahead")
+    assert calls[1] == (2, threading.current_thread().name)
+    assert ahead_stream(stream, min_cores=10_000) is stream
