@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +27,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 from torch import Tensor
+
+logger = logging.getLogger(__name__)
 
 # Below this many values per call the kernels run on the calling thread only.
 _SPLIT_MIN = 1 << 18
@@ -37,8 +40,13 @@ def _compiled():
     if os.environ.get("NEUROFLOW_KERNELS", "1") == "0":
         return None
     try:
-        from neuroflow.merging import numba_loops
+        import numba  # noqa: F401
     except ImportError:
+        return None
+    try:
+        from neuroflow.merging import numba_loops
+    except Exception as error:  # e.g. no writable place for numba's cache: the torch steps still work
+        logger.warning("neuroflow: compiled merge kernels unavailable (%s); using the torch steps", error)
         return None
     return numba_loops
 

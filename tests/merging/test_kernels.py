@@ -168,3 +168,23 @@ def test_selection_with_kernels_matches_the_torch_path(torch_path, dtype) -> Non
             kth = flat[t].kthvalue(got.k).values
             assert float(got.thresholds[t]) == float(kth)
             assert got.sigma[t] == pytest.approx(float(flat[t][flat[t] < kth].sum() / flat[t].sum()), rel=1e-6)
+
+
+def test_kernels_that_fail_to_load_fall_back_to_the_torch_steps(monkeypatch, caplog) -> None:
+    import sys
+
+    import neuroflow.merging as package
+
+    monkeypatch.delattr(package, "numba_loops")
+    monkeypatch.setitem(sys.modules, "neuroflow.merging.numba_loops", None)  # import raises
+    kernels._compiled.cache_clear()
+    try:
+        with caplog.at_level("WARNING"):
+            assert not kernels.enabled()
+        assert "using the torch steps" in caplog.text
+        x = torch.tensor([[1.0, -2.0, 0.5, 0.0], [-1.0, 3.0, 0.5, 0.0]])
+        assert torch.equal(ties_merge(x, thresholds=[0.6, 0.6]), torch.tensor([1.0, 3.0, 0.0, 0.0]))
+    finally:
+        monkeypatch.undo()
+        kernels._compiled.cache_clear()
+    assert kernels.enabled()
