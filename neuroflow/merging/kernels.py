@@ -5,8 +5,9 @@ values in one pass over memory instead of one pass per element-wise op (a TIES m
 each reading and writing `T x numel` floats). Only CPU tensors in float32/float64 take them:
 
 - `ties_columns`: trim by per-task limits, elect signs, disjoint mean, for one tensor (or row
-  block) with a tensor-wide tie fallback. The arithmetic is the torch path's, in its order (sums
-  over tasks in task order, in the tensor's dtype), so results are bit-identical.
+  block) with a tensor-wide tie fallback. The arithmetic is the torch path's, tasks added in
+  order in the tensor's dtype: bit-identical to it (torch regroups its dim-0 sum only for some
+  widths with 8 or more tasks, where the two differ by rounding).
 - `window_block`: one block of the window select's full pass: per-task L1 mass, count and mass
   below the bracket, and the entries inside it. Masses are summed in float32 lanes flushed to
   float64, so `sigma` may differ from the torch path's (float32 block sums) by float32 rounding;
@@ -74,8 +75,8 @@ def threads(count: int | None) -> Iterator[None]:
 
 
 def _run(kernel, args: tuple, size: int, work: int, align: int = 1) -> list:
-    """`kernel(*args, start, stop)` over `[0, size)`, split into up to `torch.get_num_threads()`
-    ranges (multiples of `align`) that run concurrently, the kernels releasing the GIL; returns
+    """`kernel(*args, start, stop)` over `[0, size)`, split into up to `threads()` (else torch's
+    intra-op setting) ranges (multiples of `align`) that run concurrently, the kernels releasing the GIL; returns
     each range's result. `work` (scalars touched) keeps small calls on this thread."""
     global _POOL
     threads = max(1, min(_THREADS or torch.get_num_threads(), -(-size // align), work // _SPLIT_MIN))
