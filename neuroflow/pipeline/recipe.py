@@ -143,6 +143,10 @@ def _load_with_bases(path: Path, chain: list[Path]) -> Any:
     base = _load_with_bases((path.parent / str(base_ref)), [*chain, path.resolve()])
     if "tasks" in raw:
         base.tasks = {}  # a recipe's own task list replaces its base's, it does not add to it
+        if OmegaConf.is_dict(base.get("task_training")):
+            # The base's per-task budgets go with the base's tasks: those the new list drops go too.
+            kept = set(conf.tasks.keys())
+            base.task_training = {k: v for k, v in base.task_training.items() if k in kept}
     if "merges" in raw:
         base.merges = []
     merged = OmegaConf.merge(base, conf)
@@ -159,7 +163,8 @@ def load_recipe(
     """Read, override and check a recipe.
 
     A recipe may start from another one with `extends: <path relative to it>`: its keys are
-    deep-merged over the base's, except `tasks` and `merges`, which replace the base's lists.
+    deep-merged over the base's, except `tasks` and `merges`, which replace the base's lists (a
+    base's `task_training` entries for tasks the new list drops are dropped with them).
 
     Args:
         path: the recipe YAML.

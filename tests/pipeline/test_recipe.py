@@ -67,6 +67,20 @@ def test_extends_replaces_tasks_and_merges(tmp_path: Path) -> None:
     assert recipe.training.max_epochs == 2
 
 
+def test_extends_drops_task_training_of_dropped_tasks(tmp_path: Path) -> None:
+    _write(tmp_path, "base.yaml", BASE + "task_training:\n  sst2: {max_epochs: 8}\n  mine: {max_epochs: 3}\n")
+    # The child keeps sst2 (and its budget) and drops `mine`, whose budget would otherwise be refused.
+    child = _write(tmp_path, "child.yaml", "extends: base.yaml\nname: child\ntasks: [sst2, trec]\n")
+    recipe = load_recipe(child)
+    assert recipe.task_names == ["sst2", "trec"]
+    assert recipe.task_training == {"sst2": {"max_epochs": 8}}
+    # A budget the child itself gives a task it does not have is still an error.
+    bad = _write(tmp_path, "bad.yaml", "extends: base.yaml\nname: bad\ntasks: [trec]\n"
+                 "task_training: {mine: {max_epochs: 2}}\n")
+    with pytest.raises(RecipeError, match=r"task_training\.mine: not a task of this recipe"):
+        load_recipe(bad)
+
+
 def test_task_subset(tmp_path: Path) -> None:
     base = _write(tmp_path, "base.yaml", BASE)
     assert load_recipe(base, tasks=["mine"]).task_names == ["mine"]
