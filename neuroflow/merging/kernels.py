@@ -157,3 +157,29 @@ def window_block(
     args = (values.numpy(), low.numpy(), high.numpy(), total.numpy(), below_count.numpy(), below_mass.numpy(), inside.numpy(), counts)
     _run(kernels.window_rows, args, values.shape[0], values.numel())  # each task row on one thread
     return torch.from_numpy(counts)
+
+
+def neuron_merge(w0: Tensor, rows: Tensor, thresholds: list[Tensor | float | None], rtol: float) -> tuple[Tensor, Tensor] | None:
+    """NeuroMerging's trim and orthogonal merge of one neuron weight in one pass: `(s (T, R),
+    psi_orth (R, n))` in `rows`' dtype, as `merge_orthogonal(w0, trim_tasks_(rows, thresholds))`
+    gives them up to float64 rounding (another summation order for the Gram matrix, Jacobi
+    eigenvectors instead of LAPACK's); None when the kernels do not apply.
+
+    Args:
+        w0: pre-trained rows `(R, n)`, in `rows`' dtype.
+        rows: untrimmed task rows `(T, R, n)`, contiguous; not modified.
+        thresholds: per-task magnitude thresholds (entries with `|x| < threshold` are dropped;
+            None keeps the task whole).
+        rtol: Gram eigenvalues at or below `rtol * T * max eigenvalue` are round-off (dropped).
+    """
+    compiled = _compiled()
+    if compiled is None or not _fits(rows) or rows.dim() != 3 or w0.dtype != rows.dtype or w0.shape != rows.shape[1:]:
+        return None
+    base = w0.detach().contiguous().numpy()
+    x = rows.numpy()
+    limits = torch.tensor([0.0 if t is None else float(t) for t in thresholds], dtype=torch.float64)
+    bounds = _limits_in(x.dtype, limits, x.shape[0])
+    s = np.empty(x.shape[:2], x.dtype)
+    psi = np.empty(x.shape[1:], x.dtype)
+    _run(compiled.neuron_rows, (x, base, bounds, float(rtol), s, psi), x.shape[1], x.size)
+    return torch.from_numpy(s), torch.from_numpy(psi)

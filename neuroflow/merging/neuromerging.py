@@ -22,6 +22,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from neuroflow.merging import kernels
 from neuroflow.merging.base import MergeMethod
 from neuroflow.merging.routing import Route
 from neuroflow.merging.steps import TieFallback, ties_merge, trim_tasks_
@@ -167,13 +168,18 @@ class NeuroMerging(MergeMethod):
         w0 = route.to_neurons(base)
         rows = route.to_neurons(task_vectors, leading=1)
         rows_per_chunk = max(1, _CHUNK_ELEMENTS // (rows.shape[0] * rows.shape[2]))
-        s = torch.empty(rows.shape[:2], dtype=rows.dtype)
-        delta = torch.empty_like(w0)
-        # Row blocks keep every temporary small (and cache-resident) instead of a T x R x n buffer
-        # per step; only the parallel part needs all rows at once (its tie group is the tensor).
-        for start in range(0, w0.shape[0], rows_per_chunk):
-            block = slice(start, start + rows_per_chunk)
-            s[:, block], delta[block] = merge_orthogonal(w0[block], trim_tasks_(rows[:, block], thresholds))
+        done = kernels.neuron_merge(w0, rows, thresholds, _EIG_RTOL)
+        if done is not None:
+            s, delta = done
+        else:
+            s = torch.empty(rows.shape[:2], dtype=rows.dtype)
+            delta = torch.empty_like(w0)
+            # Row blocks keep every temporary small (and cache-resident) instead of a T x R x n
+            # buffer per step; only the parallel part needs all rows at once (its tie group is
+            # the tensor).
+            for start in range(0, w0.shape[0], rows_per_chunk):
+                block = slice(start, start + rows_per_chunk)
+                s[:, block], delta[block] = merge_orthogonal(w0[block], trim_tasks_(rows[:, block], thresholds))
         delta *= stats["lambda_2"]
         if self.lambda_1 != 0.0:
             delta += self.lambda_1 * merge_parallel(w0, s)

@@ -132,3 +132,142 @@ def window_rows(values, low, high, total, below_count, below_mass, inside, insid
         below_count[t] += under
         below_mass[t] += under_mass
         inside_count[t] = kept
+
+
+# Reassociation lets LLVM vectorize the float64 sums (the Gram entries); the neuron merge's
+# values then differ from the torch path's (another summation order) by float64 rounding only.
+@numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
+def dot(a, b):
+    total = 0.0
+    for j in range(a.shape[0]):
+        total += a[j] * b[j]
+    return total
+
+
+@_jit
+def jacobi_eigh(a, values, vectors):
+    """Eigen-decomposition of the small symmetric matrix `a` (destroyed) by cyclic Jacobi
+    rotations: `values[j]`, eigenvector `vectors[:, j]` (unordered). Jacobi is accurate to
+    round-off relative to `||a||` like LAPACK's, and a batch of 4x4 problems needs no library call
+    per neuron."""
+    size = a.shape[0]
+    vectors[:, :] = 0.0
+    for i in range(size):
+        vectors[i, i] = 1.0
+    for sweep in range(64):
+        off, scale = 0.0, 0.0
+        for p in range(size):
+            for q in range(size):
+                scale += a[p, q] * a[p, q]
+                if p != q:
+                    off += a[p, q] * a[p, q]
+        # Off-diagonal mass at float64 round-off of ||a||: the eigenvalues are then as accurate
+        # as a LAPACK solver's (their error is bounded by the off-diagonal norm).
+        if off <= 1e-31 * scale:
+            break
+        for p in range(size - 1):
+            for q in range(p + 1, size):
+                apq = a[p, q]
+                big = 100.0 * abs(apq)
+                if apq == 0.0 or (sweep > 3 and abs(a[p, p]) + big == abs(a[p, p]) and abs(a[q, q]) + big == abs(a[q, q])):
+                    a[p, q] = a[q, p] = 0.0  # negligible next to both diagonal entries
+                    continue
+                theta = (a[q, q] - a[p, p]) / (2.0 * apq)
+                if abs(theta) > 1e150:
+                    t = 0.5 / theta
+                else:
+                    t = (1.0 if theta >= 0 else -1.0) / (abs(theta) + np.sqrt(theta * theta + 1.0))
+                c = 1.0 / np.sqrt(t * t + 1.0)
+                s = t * c
+                for k in range(size):
+                    akp, akq = a[k, p], a[k, q]
+                    a[k, p] = c * akp - s * akq
+                    a[k, q] = s * akp + c * akq
+                for k in range(size):
+                    apk, aqk = a[p, k], a[q, k]
+                    a[p, k] = c * apk - s * aqk
+                    a[q, k] = s * apk + c * aqk
+                a[p, q] = a[q, p] = 0.0  # what the rotation makes it, without round-off
+                for k in range(size):
+                    vkp, vkq = vectors[k, p], vectors[k, q]
+                    vectors[k, p] = c * vkp - s * vkq
+                    vectors[k, q] = s * vkp + c * vkq
+    for i in range(size):
+        values[i] = a[i, i]
+
+
+@_jit
+def neuron_rows(x, w0, limits, rtol, s_out, psi_out, start, stop):
+    """NeuroMerging's orthogonal merge (`neuromerging.merge_orthogonal` after `trim_tasks_`) for
+    neurons `[start, stop)`: `x` is `(T, R, n)` untrimmed task rows, `w0` `(R, n)`; writes the
+    projection coefficients `s_out[:, r]` and `psi_out[r]`. One neuron at a time, its trimmed rows
+    and `w0` held in float64 in cache: the Gram matrix, its eigenvectors, the disjoint mean of
+    their coordinates and `psi` never leave it."""
+    tasks, width = x.shape[0], x.shape[2]
+    z = np.empty((tasks + 1, width), np.float64)
+    gram = np.empty((tasks + 1, tasks + 1), np.float64)
+    a = np.empty((tasks, tasks), np.float64)
+    values = np.empty(tasks, np.float64)
+    u = np.empty((tasks, tasks), np.float64)
+    s = np.empty(tasks, np.float64)
+    m = np.empty(tasks, np.float64)
+    live = np.empty(tasks, np.float64)
+    psi = np.empty(width, np.float64)
+    for r in range(start, stop):
+        for t in range(tasks):
+            row, limit = x[t, r], limits[t]
+            for j in range(width):
+                v = row[j]
+                z[t, j] = v * (abs(v) >= limit)
+        for j in range(width):
+            z[tasks, j] = w0[r, j]
+        for p in range(tasks + 1):
+            for q in range(p, tasks + 1):
+                gram[p, q] = gram[q, p] = dot(z[p], z[q])
+        q0 = gram[tasks, tasks]
+        for t in range(tasks):
+            s[t] = gram[t, tasks] / q0 if q0 > 0 else 0.0
+            live[t] = gram[t, t] > 0  # a zero task row has no coordinates to elect with
+        for t in range(tasks):
+            for p in range(tasks):
+                a[t, p] = gram[t, p] - q0 * s[t] * s[p]
+        jacobi_eigh(a, values, u)
+        cut = rtol * tasks * max(values.max(), 0.0)
+        # The disjoint mean of each component's coordinates, the tie fallback per neuron.
+        sign_sum = 0.0
+        for j in range(tasks):
+            total = 0.0
+            if values[j] > cut:
+                for t in range(tasks):
+                    total += u[t, j] * live[t]
+            m[j] = (total > 0) - (total < 0)
+            sign_sum += m[j]
+        fallback = (sign_sum > 0) - (sign_sum < 0)
+        for j in range(tasks):
+            elected = m[j] if m[j] != 0 else fallback
+            sign = 1.0 if elected > 0 else -1.0  # a fallback of 0 keeps the negative entries
+            mass, count = 0.0, 0
+            if values[j] > cut:
+                for t in range(tasks):
+                    agreeing = u[t, j] * live[t] * sign
+                    if agreeing > 0:
+                        mass += agreeing
+                        count += 1
+            m[j] = sign * mass / max(count, 1)
+        # psi = sum_t weights_t x_t - (s . weights) w0, weights = U m.
+        shift = 0.0
+        for t in range(tasks):
+            weight = 0.0
+            for j in range(tasks):
+                weight += u[t, j] * m[j]
+            live[t] = weight  # reused as the weights
+            shift -= s[t] * weight
+            s_out[t, r] = s[t]
+        for j in range(width):
+            psi[j] = shift * z[tasks, j]
+        for t in range(tasks):
+            weight = live[t]
+            for j in range(width):
+                psi[j] += weight * z[t, j]
+        for j in range(width):
+            psi_out[r, j] = psi[j]

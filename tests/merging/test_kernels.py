@@ -188,3 +188,76 @@ def test_kernels_that_fail_to_load_fall_back_to_the_torch_steps(monkeypatch, cap
         monkeypatch.undo()
         kernels._compiled.cache_clear()
     assert kernels.enabled()
+
+
+def test_jacobi_eigh_against_numpy() -> None:
+    from neuroflow.merging import numba_loops
+
+    rng = np.random.default_rng(0)
+    for size in (1, 2, 4, 7):
+        x = rng.standard_normal((size, size + 3))
+        gram = x @ x.T
+        values, vectors = np.empty(size), np.empty((size, size))
+        numba_loops.jacobi_eigh(gram.copy(), values, vectors)
+        np.testing.assert_allclose(np.sort(values), np.linalg.eigvalsh(gram), rtol=0, atol=1e-12 * np.abs(gram).max())
+        np.testing.assert_allclose(vectors.T @ vectors, np.eye(size), atol=1e-13)
+        np.testing.assert_allclose(vectors.T @ gram @ vectors, np.diag(values), atol=1e-12 * np.abs(gram).max())
+    # Rank deficient (two pairs of equal rows): two eigenvalues at round-off, two as numpy's.
+    x = rng.standard_normal((2, 5))
+    gram = np.block([[x @ x.T, x @ x.T], [x @ x.T, x @ x.T]])
+    values, vectors = np.empty(4), np.empty((4, 4))
+    numba_loops.jacobi_eigh(gram.copy(), values, vectors)
+    np.testing.assert_allclose(np.sort(values), np.linalg.eigvalsh(gram), atol=1e-12 * np.abs(gram).max())
+
+
+def test_neuron_merge_on_a_hand_built_neuron() -> None:
+    from neuroflow.merging.neuromerging import _EIG_RTOL
+
+    # w0 = e0. Task rows [s, a] (parallel s, orthogonal a): [1, 2] and [3, -1]; the orthogonal
+    # parts 2 and -1 are one component (u = +-(2, -1) / sqrt 5): the elected sign keeps the task
+    # with coordinate sign of the sum; psi_orth = A^T (U m) = mean of the agreeing orthogonal rows
+    # restricted to that component = [0, 2] (task 0 alone agrees). s = [1, 3].
+    w0 = torch.tensor([[1.0, 0.0]])
+    rows = torch.tensor([[[1.0, 2.0]], [[3.0, -1.0]]])
+    s, psi = kernels.neuron_merge(w0, rows, [None, None], _EIG_RTOL)
+    assert torch.allclose(s, torch.tensor([[1.0], [3.0]]))
+    assert torch.allclose(psi, torch.tensor([[0.0, 2.0]]), atol=1e-6)
+    # Trimming task 0's |1| < 1.5 entry and task 1's |-1| < 1.5 entry: rows [0, 2] and [3, 0].
+    s, psi = kernels.neuron_merge(w0, rows, [torch.tensor(1.5), torch.tensor(1.5)], _EIG_RTOL)
+    assert torch.allclose(s, torch.tensor([[0.0], [3.0]]))
+    assert torch.allclose(psi, torch.tensor([[0.0, 2.0]]), atol=1e-6)
+    assert torch.equal(rows, torch.tensor([[[1.0, 2.0]], [[3.0, -1.0]]]))  # inputs untouched
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(4, 300, 64), (3, 40, 2), (6, 20, 17), (1, 5, 3)])
+def test_neuron_merge_matches_the_torch_path(torch_path, dtype, shape) -> None:
+    from neuroflow.merging.neuromerging import _EIG_RTOL, merge_orthogonal
+    from neuroflow.merging.steps import trim_tasks_
+
+    tasks, rows, width = shape
+    g = torch.Generator().manual_seed(11)
+    w0 = torch.randn(rows, width, dtype=dtype, generator=g)
+    x = torch.randn(tasks, rows, width, dtype=dtype, generator=g) * 0.1
+    w0[1] = 0  # no parallel direction
+    x[0, 2] = 0  # a zero task row
+    if tasks > 1:
+        x[1, 3] = x[0, 3]  # duplicate experts: a rank-deficient Gram matrix
+    thresholds = [x[t].abs().median() for t in range(tasks - 1)] + [None]
+    s, psi = kernels.neuron_merge(w0, x, thresholds, _EIG_RTOL)
+    s_ref, psi_ref = torch_path(merge_orthogonal, w0, trim_tasks_(x.clone(), thresholds))
+    tol = 1e-6 if dtype == torch.float32 else 1e-12
+    assert torch.allclose(s, s_ref, rtol=tol, atol=tol * s_ref.abs().max())
+    assert torch.allclose(psi, psi_ref, rtol=tol, atol=tol * psi_ref.abs().max())
+
+
+def test_neuron_merge_splits_rows_over_threads() -> None:
+    from neuroflow.merging.neuromerging import _EIG_RTOL
+
+    g = torch.Generator().manual_seed(3)
+    w0, x = torch.randn(512, 600, generator=g), torch.randn(4, 512, 600, generator=g)
+    with kernels.threads(1):
+        one = kernels.neuron_merge(w0, x, [None] * 4, _EIG_RTOL)
+    with kernels.threads(2):
+        two = kernels.neuron_merge(w0, x, [None] * 4, _EIG_RTOL)
+    assert all(torch.equal(a, b) for a, b in zip(one, two))  # each neuron on one thread: same values
