@@ -108,6 +108,16 @@ def _limits_in(dtype: np.dtype, limits: Tensor | None, tasks: int) -> np.ndarray
     return np.where(narrow < wide, np.nextafter(narrow, dtype.type(np.inf)), narrow)
 
 
+def threshold_limits(thresholds: list[Tensor | float | None]) -> Tensor:
+    """Per-task magnitude thresholds as a float64 `(T,)` tensor (float64 holds every float32 or
+    float64 threshold exactly); a None threshold keeps the whole task (`|x| >= 0`).
+
+    Args:
+        thresholds: one threshold per task, or None.
+    """
+    return torch.tensor([0.0 if t is None else float(t) for t in thresholds], dtype=torch.float64)
+
+
 def ties_columns(flat: Tensor, limits: Tensor | None, fallback: float | None) -> tuple[Tensor, int, bool] | None:
     """TIES on `(T, N)` values: `(merged (N,), sum of elected signs, ambiguous columns seen)`, or
     None when the kernels do not apply (the caller runs the torch steps).
@@ -177,8 +187,7 @@ def neuron_merge(w0: Tensor, rows: Tensor, thresholds: list[Tensor | float | Non
         return None
     base = w0.detach().contiguous().numpy()
     x = rows.numpy()
-    limits = torch.tensor([0.0 if t is None else float(t) for t in thresholds], dtype=torch.float64)
-    bounds = _limits_in(x.dtype, limits, x.shape[0])
+    bounds = _limits_in(x.dtype, threshold_limits(thresholds), x.shape[0])
     s = np.empty(x.shape[:2], x.dtype)
     psi = np.empty(x.shape[1:], x.dtype)
     _run(compiled.neuron_rows, (x, base, bounds, float(rtol), s, psi), x.shape[1], x.size)

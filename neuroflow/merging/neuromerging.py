@@ -167,11 +167,11 @@ class NeuroMerging(MergeMethod):
             return ties_merge(task_vectors, thresholds=thresholds).mul_(stats["lambda_2"])
         w0 = route.to_neurons(base)
         rows = route.to_neurons(task_vectors, leading=1)
-        rows_per_chunk = max(1, _CHUNK_ELEMENTS // (rows.shape[0] * rows.shape[2]))
         done = kernels.neuron_merge(w0, rows, thresholds, _EIG_RTOL)
         if done is not None:
             s, delta = done
         else:
+            rows_per_chunk = max(1, _CHUNK_ELEMENTS // (rows.shape[0] * rows.shape[2]))
             s = torch.empty(rows.shape[:2], dtype=rows.dtype)
             delta = torch.empty_like(w0)
             # Row blocks keep every temporary small (and cache-resident) instead of a T x R x n

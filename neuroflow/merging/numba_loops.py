@@ -212,6 +212,7 @@ def neuron_rows(x, w0, limits, rtol, s_out, psi_out, start, stop):
     s = np.empty(tasks, np.float64)
     m = np.empty(tasks, np.float64)
     live = np.empty(tasks, np.float64)
+    weights = np.empty(tasks, np.float64)
     psi = np.empty(width, np.float64)
     for r in range(start, stop):
         for t in range(tasks):
@@ -257,16 +258,15 @@ def neuron_rows(x, w0, limits, rtol, s_out, psi_out, start, stop):
         # psi = sum_t weights_t x_t - (s . weights) w0, weights = U m.
         shift = 0.0
         for t in range(tasks):
-            weight = 0.0
+            weights[t] = 0.0
             for j in range(tasks):
-                weight += u[t, j] * m[j]
-            live[t] = weight  # reused as the weights
-            shift -= s[t] * weight
+                weights[t] += u[t, j] * m[j]
+            shift -= s[t] * weights[t]
             s_out[t, r] = s[t]
         for j in range(width):
             psi[j] = shift * z[tasks, j]
         for t in range(tasks):
-            weight = live[t]
+            weight = weights[t]
             for j in range(width):
                 psi[j] += weight * z[t, j]
         for j in range(width):

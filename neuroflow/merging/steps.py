@@ -244,8 +244,7 @@ def _compiled_ties(flat: Tensor, thresholds: list[Tensor | float | None] | None,
     sweep), keeping `tie` as the torch path does; None when the kernel does not apply."""
     limits = None
     if thresholds is not None and any(t is not None for t in thresholds):
-        # float64 holds every float32/float64 threshold exactly; a None threshold keeps all (|x| >= 0).
-        limits = torch.tensor([0.0 if t is None else float(t) for t in thresholds], dtype=torch.float64)
+        limits = kernels.threshold_limits(thresholds)
     first_pass = tie is not None and tie.value is None
     fallback = None if tie is None else (1.0 if first_pass else tie.value)
     done = kernels.ties_columns(flat, limits, fallback)
