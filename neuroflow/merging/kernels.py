@@ -13,6 +13,9 @@ each reading and writing `T x numel` floats). Only CPU tensors in float32/float6
   float64, so `sigma` may differ from the torch path's (float32 block sums) by float32 rounding;
   the thresholds and counts are exact either way.
 
+- `difference_into`: one expert's task vector `float32(stored) - float32(base)` from bfloat16
+  tensors in one pass, with its finiteness check (torch casts, then subtracts, then sums to check).
+
 `NEUROFLOW_KERNELS=0` turns them off (the torch path is used); without numba they are off.
 """
 
@@ -192,3 +195,27 @@ def neuron_merge(w0: Tensor, rows: Tensor, thresholds: list[Tensor | float | Non
     psi = np.empty(x.shape[1:], x.dtype)
     _run(compiled.neuron_rows, (x, base, bounds, float(rtol), s, psi), x.shape[1], x.size)
     return torch.from_numpy(s), torch.from_numpy(psi)
+
+
+def difference_into(out: Tensor, stored: Tensor, base: Tensor) -> bool | None:
+    """Write `stored - base` (both bfloat16, upcast exactly, rounded once in float32) into the
+    float32 `out`, on the calling thread; returns whether every value is finite, or None when the
+    kernel does not apply (other dtypes, devices or layouts: the caller runs the torch ops).
+
+    Args:
+        out: float32 destination of `stored`'s shape, contiguous.
+        stored: an expert's bfloat16 tensor (or rows), contiguous; not modified.
+        base: the base's bfloat16 tensor of the same shape, contiguous; not modified.
+    """
+    compiled = _compiled()
+    if (
+        compiled is None
+        or stored.dtype != torch.bfloat16
+        or base.dtype != torch.bfloat16
+        or out.dtype != torch.float32
+        or not (stored.shape == base.shape == out.shape)
+        or any(t.device.type != "cpu" or not t.is_contiguous() or t.requires_grad for t in (out, stored, base))
+    ):
+        return None
+    bits = lambda t: t.reshape(-1).view(torch.int16).numpy().view(np.uint16)  # noqa: E731
+    return bool(compiled.bf16_difference(bits(stored.detach()), bits(base.detach()), out.reshape(-1).numpy()))

@@ -10,6 +10,9 @@ import functools
 
 import numba
 import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic
 
 # Columns per block of the TIES sweeps: T rows of this many floats stay in L1 while they are summed.
 COLUMNS = 2048
@@ -29,6 +32,36 @@ def add_kept(row, limit, out):
     for j in range(out.shape[0]):
         v = row[j]
         out[j] += v * (abs(v) >= limit)
+
+
+@intrinsic
+def widen_bf16(typingctx, bits):
+    """The float32 a bfloat16 bit pattern (uint16) stands for: its bits shifted into the high
+    half (exact, like torch's upcast), as one vectorizable shift and a bit cast."""
+    signature = types.float32(types.uint16)
+
+    def codegen(context, builder, sig, args):
+        wide = builder.zext(args[0], ir.IntType(32))
+        return builder.bitcast(builder.shl(wide, ir.Constant(ir.IntType(32), 16)), ir.FloatType())
+
+    return signature, codegen
+
+
+_F32_MAX = np.float32(np.finfo(np.float32).max)
+
+
+@_jit
+def bf16_difference(stored, base, out):
+    """`out = float32(stored) - float32(base)` for bfloat16 bit patterns, rounded once in float32
+    (torch's `out.copy_(stored).sub_(base.float())`); returns whether every difference is finite.
+    One pass writing `out` instead of a cast pass and a subtraction pass over it, and the finiteness
+    check rides along (an and-reduction that vectorizes; NaN fails the comparison)."""
+    ok = 1
+    for j in range(out.shape[0]):
+        v = widen_bf16(stored[j]) - widen_bf16(base[j])
+        out[j] = v
+        ok &= abs(v) <= _F32_MAX
+    return ok == 1
 
 
 @_jit

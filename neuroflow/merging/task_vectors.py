@@ -14,6 +14,7 @@ from collections.abc import Iterator, Mapping
 import torch
 from torch import Tensor
 
+from neuroflow.merging import kernels
 from neuroflow.merging.routing import Route
 from neuroflow.merging.prefetch import ahead_stream
 from neuroflow.merging.select import TrimStatistics, streamed_trim_statistics
@@ -155,16 +156,26 @@ class TaskVectors:
                 for start in range(0, flat_base.numel(), chunk_size):
                     block_base = flat_base[start : start + chunk_size]
                     block = self._empty((self.num_tasks, block_base.numel()), dtype)
+                    finite = fast
                     if fast:
                         # The upcast is exact and the subtraction rounds once, as in `as_task_vector`
-                        # (same values), with the base cast once per block instead of once per expert.
-                        base_c = self._empty(tuple(block_base.shape), dtype).copy_(block_base)
+                        # (same values): bfloat16 in one compiled pass that also checks finiteness,
+                        # else with the base cast once per block instead of once per expert.
+                        base_c = None
                         for i, values in enumerate(stored):
-                            block[i].copy_(values[start : start + chunk_size]).sub_(base_c)
+                            piece = values[start : start + chunk_size]
+                            done = kernels.difference_into(block[i], piece, block_base)
+                            if done is not None:
+                                finite = finite and done
+                                continue
+                            finite = False
+                            if base_c is None:
+                                base_c = self._empty(tuple(block_base.shape), dtype).copy_(block_base)
+                            block[i].copy_(piece).sub_(base_c)
                     else:
                         for i, values in enumerate(stored):
                             as_task_vector(values[start : start + chunk_size], block_base, dtype, is_task_vector, out=block[i])
-                    if name not in self._finite and not all_finite(block):
+                    if name not in self._finite and not finite and not all_finite(block):
                         check_values(self.base, self.experts, name)
                     yield block
             if stride == 1:

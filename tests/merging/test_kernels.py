@@ -261,3 +261,31 @@ def test_neuron_merge_splits_rows_over_threads() -> None:
     with kernels.threads(2):
         two = kernels.neuron_merge(w0, x, [None] * 4, _EIG_RTOL)
     assert all(torch.equal(a, b) for a, b in zip(one, two))  # each neuron on one thread: same values
+
+
+def test_difference_into_matches_torch_and_checks_finiteness() -> None:
+    g = torch.Generator().manual_seed(3)
+    stored = torch.randn(3001, generator=g).to(torch.bfloat16)  # odd length: the loop's tail too
+    base = (stored.float() + 0.01 * torch.randn(3001, generator=g)).to(torch.bfloat16)
+    out = torch.empty(3001)
+    assert kernels.difference_into(out, stored, base) is True
+    assert torch.equal(out, stored.float() - base.float())
+    # Hand-checked values: 1.5 - 0.25 and -2 - 2 are exact in float32.
+    small = torch.empty(2)
+    assert kernels.difference_into(small, torch.tensor([1.5, -2.0]).bfloat16(), torch.tensor([0.25, 2.0]).bfloat16())
+    assert small.tolist() == [1.25, -4.0]
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        dirty = stored.clone()
+        dirty[1234] = bad
+        assert kernels.difference_into(out, dirty, base) is False
+    # Finite inputs whose difference overflows float32 are not finite either.
+    huge = torch.tensor([3.0e38]).bfloat16()
+    assert kernels.difference_into(torch.empty(1), huge, -huge) is False
+
+
+def test_difference_into_declines_what_it_does_not_handle() -> None:
+    bf = torch.ones(4, dtype=torch.bfloat16)
+    assert kernels.difference_into(torch.empty(4), bf.float(), bf) is None  # float32 stored
+    assert kernels.difference_into(torch.empty(4, dtype=torch.float64), bf, bf) is None
+    assert kernels.difference_into(torch.empty(4), torch.ones(8, dtype=torch.bfloat16)[::2], bf) is None  # strided
+    assert kernels.difference_into(torch.empty(3), bf, bf) is None  # shape

@@ -25,6 +25,12 @@ def model():
     return random_model(SMALL_SHAPES, experts=3, seed=0, dtype=torch.float32)
 
 
+# bfloat16 checkpoints take the compiled difference, which checks finiteness in the same pass.
+@pytest.fixture(params=[torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
+def any_model(request):
+    return random_model(SMALL_SHAPES, experts=3, seed=0, dtype=request.param)
+
+
 def refused(base, experts, match: str) -> None:
     with pytest.raises(MergeInputError, match=match):
         merge_state_dicts(base, experts, Exploding())
@@ -78,25 +84,25 @@ class SeesOnlyFinite(MergeMethod):
 
 @pytest.mark.parametrize("stats", [True, False], ids=["statistics-pass", "merge-pass"])
 @pytest.mark.parametrize("value, word", [(float("nan"), "NaN"), (float("inf"), "Inf"), (float("-inf"), "Inf")])
-def test_non_finite_expert_values(model, value: float, word: str, stats: bool) -> None:
+def test_non_finite_expert_values(any_model, value: float, word: str, stats: bool) -> None:
     # Values are checked where they are first read (no extra pass over the inputs): by the
     # statistics pass when the method has one, else before the method sees the tensor.
-    base, experts = model
+    base, experts = any_model
     experts[2]["emb.weight"][3, 1] = value
     with pytest.raises(MergeInputError, match=rf"expert 2: tensor 'emb.weight' contains {word}"):
         merge_state_dicts(base, experts, SeesOnlyFinite(stats))
 
 
 @pytest.mark.parametrize("stats", [True, False], ids=["statistics-pass", "merge-pass"])
-def test_non_finite_base_values(model, stats: bool) -> None:
-    base, experts = model
+def test_non_finite_base_values(any_model, stats: bool) -> None:
+    base, experts = any_model
     base["lin.bias"][0] = float("nan")
     with pytest.raises(MergeInputError, match=r"base tensor 'lin.bias' contains NaN"):
         merge_state_dicts(base, experts, SeesOnlyFinite(stats))
 
 
-def test_finite_inputs_whose_difference_overflows_are_named(model) -> None:
-    base, experts = model
+def test_finite_inputs_whose_difference_overflows_are_named(any_model) -> None:
+    base, experts = any_model
     base["norm.weight"] = base["norm.weight"].clone()
     base["norm.weight"][0] = -3.0e38
     for e in experts:
