@@ -80,20 +80,34 @@ def _tick(progress: Progress | None, name: str) -> None:
         progress(name)
 
 
+def _share_cores(threads: int | None) -> bool:
+    """Whether the maths keep torch's own ops on one thread so that a reader thread can run beside
+    `threads` compiled-kernel threads that fill every core (see `_intra_op_threads`)."""
+    count = threads or torch.get_num_threads()
+    return kernels.enabled() and count >= (os.cpu_count() or 1) > 1
+
+
 @contextmanager
 def _intra_op_threads(threads: int | None) -> Iterator[None]:
     """torch's intra-op thread count, and the compiled kernels', set to `threads` inside the block
-    (None: torch's left as it is, the kernels' following it)."""
-    if threads is None:
+    (None: torch's left as it is, the kernels' following it).
+
+    When `threads` fill every core and the compiled kernels are in use, torch's own ops run on one
+    thread and only the kernels split over `threads`: an OpenMP team beside the reader thread
+    waits at every op's barrier for a descheduled worker (measured: 2 OpenMP threads + reader on 2
+    cores were slower than 1 thread), while the kernels' threads just share the cores with it."""
+    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
+        raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
+    share = _share_cores(threads)
+    if threads is None and not share:
         with kernels.threads(None):
             yield
         return
-    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
-        raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
+    count = threads or torch.get_num_threads()
     before = torch.get_num_threads()
-    torch.set_num_threads(threads)
+    torch.set_num_threads(1 if share else count)
     try:
-        with kernels.threads(threads):
+        with kernels.threads(count):
             yield
     finally:
         torch.set_num_threads(before)
@@ -247,11 +261,10 @@ class MergeStream:
         # The prefetch thread's own torch ops run single-threaded (OpenMP would give it a second
         # team of `threads` workers competing with the maths for the same cores).
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="merge-prefetch", initializer=torch.set_num_threads, initargs=(1,))
-        # A reader thread beside maths threads that already occupy every core oversubscribes them:
-        # the OpenMP team then waits at each op's barrier for a descheduled worker (measured: 2
-        # threads + prefetch on 2 cores were slower than 1 thread).
+        # A reader thread beside OpenMP maths threads that already occupy every core oversubscribes
+        # them (see `_intra_op_threads`); beside the compiled kernels' threads it does not.
         maths_threads = self.threads or torch.get_num_threads()
-        prefetch = self.prefetch and maths_threads < (os.cpu_count() or 1)
+        prefetch = self.prefetch and (maths_threads < (os.cpu_count() or 1) or _share_cores(self.threads))
         with torch.no_grad(), pool:
             pending: Future | None = None
             for index, (name, rows) in enumerate(work):

@@ -137,3 +137,20 @@ def test_everything_excluded_copies_the_base() -> None:
     result = merge(base, experts, NeuroMerging(), exclude=["*"])
     assert all(torch.equal(result.state_dict[k], base[k]) for k in base)
     assert result.info["merged_numel"] == 0 and result.info["statistics"]["lambda_2"] == 1.0
+
+
+@pytest.mark.parametrize("threads, cores, torch_threads, kernel_threads", [(2, 2, 1, 2), (1, 2, 1, 1), (2, 4, 2, 2), (4, 1, 4, 4)])
+def test_threads_filling_every_core_leave_torch_ops_on_one(monkeypatch, threads, cores, torch_threads, kernel_threads) -> None:
+    """With the compiled kernels on, `threads` >= cores keeps torch's own ops on one thread (so the
+    reader thread does not stall an OpenMP team) while the kernels split over `threads`."""
+    from neuroflow.merging import engine, kernels
+
+    if not kernels.enabled():
+        pytest.skip("numba not installed")
+    monkeypatch.setattr(engine.os, "cpu_count", lambda: cores)
+    before = torch.get_num_threads()
+    with engine._intra_op_threads(threads):
+        assert torch.get_num_threads() == torch_threads
+        assert kernels._THREADS == kernel_threads
+    assert torch.get_num_threads() == before
+    assert engine._share_cores(threads) == (threads >= cores > 1)
