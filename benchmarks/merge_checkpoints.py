@@ -11,7 +11,10 @@ RSS, the median over `--repeats`. Rows:
 
 - `floor`: read every input tensor once (neuroflow's reader) — the cost of the input itself;
 - `nf_ta`, `nf_ties`, `nf_nm` (1 thread) and `*_t2` (2 threads): `merge_checkpoints` with
-  TaskArithmetic(0.3), TIES(mask_rate=0.8, global), NeuroMerging() writing bf16 5GB shards;
+  TaskArithmetic(0.3), TIES(mask_rate=0.8, global), NeuroMerging() writing bf16 5GB shards; with
+  1 thread the prefetch reader still runs beside the maths on a second core;
+- `*_c1`: the 1-thread merge pinned to one core (`taskset -c 0`), the reader sharing it: what one
+  core alone does, the baseline for the 2-thread rows' speed-up on the whole machine;
 - `mk_ta`, `mk_ties`: `mergekit-yaml --lazy-unpickle` with `task_arithmetic` (weight 0.3) and `ties`
   (density 0.2, weight 1), one thread (`OMP_NUM_THREADS=1`), when `--mergekit-python` is given.
 
@@ -142,7 +145,7 @@ def main() -> None:
     parser.add_argument("--root", default="/tmp/neuroflow-merge-bench")
     parser.add_argument("--mergekit-python", default=None, help="python of a venv with mergekit 0.1.5")
     parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--runs", default="floor,nf_ta,nf_ties,nf_nm,nf_ta_t2,nf_ties_t2,nf_nm_t2,mk_ta,mk_ties")
+    parser.add_argument("--runs", default="floor,nf_ta,nf_ties,nf_nm,nf_ta_t2,nf_ties_t2,nf_nm_t2,nf_ties_c1,nf_nm_c1,mk_ta,mk_ties")
     parser.add_argument("--build-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -167,6 +170,8 @@ def main() -> None:
         for threads, suffix in ((1, ""), (2, "_t2")):
             cmd = [sys.executable, "-c", NEUROFLOW, key, str(threads), str(out), str(base), *map(str, experts)]
             commands[f"nf_{key}{suffix}"] = (cmd, one if threads == 1 else env)
+        if shutil.which("taskset"):
+            commands[f"nf_{key}_c1"] = (["taskset", "-c", "0", *commands[f"nf_{key}"][0]], one)
     if args.mergekit_python:
         mk_bin = Path(args.mergekit_python).parent / "mergekit-yaml"
         for key, method in (("mk_ta", "task_arithmetic"), ("mk_ties", "ties")):
@@ -201,6 +206,8 @@ def main() -> None:
     for key in ("ta", "ties", "nm"):
         if f"nf_{key}" in results and f"nf_{key}_t2" in results:
             print(f"\n{key}: 2 threads {results[f'nf_{key}'][1] / results[f'nf_{key}_t2'][1]:.2f}x faster wall than 1", end="")
+            if f"nf_{key}_c1" in results:
+                print(f", {results[f'nf_{key}_c1'][1] / results[f'nf_{key}_t2'][1]:.2f}x faster than 1 thread on one core", end="")
     print()
 
 
