@@ -177,3 +177,24 @@ def test_gpt2_conv1d_weights_are_routed_by_their_modules(tmp_path) -> None:
                                  routing={n: r for n, r in routing.items() if n in state})
     merge_checkpoints(str(tmp_path / "base"), [str(tmp_path / f"e{i}") for i in range(2)], method, str(tmp_path / "out"))
     assert_same(tmp_path / "out", expected)
+
+
+def test_a_failing_write_leaves_no_output(llama, tmp_path, monkeypatch) -> None:
+    """The shard writer runs on its own thread; its error still reaches the caller, names the
+    problem, and leaves neither OUT nor a temporary folder."""
+    from neuroflow.checkpoints import shard_writer
+
+    real, calls = shard_writer.ShardWriter.write, []
+
+    def failing(self, name, tensor):
+        calls.append(name)
+        if len(calls) == 3:
+            raise OSError(f"No space left on device writing {name!r}")
+        return real(self, name, tensor)
+
+    monkeypatch.setattr(shard_writer.ShardWriter, "write", failing)
+    out = tmp_path / "out"
+    with pytest.raises(OSError, match="No space left on device writing"):
+        merge_checkpoints(str(llama["base"]), [str(p) for p in llama["experts"]], TIES(mask_rate=0.5), str(out))
+    assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

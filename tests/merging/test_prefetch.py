@@ -62,3 +62,51 @@ def test_stream_prefetches_full_passes_only() -> None:
     assert calls[0] == (1, "neuroflow-ahead")
     assert calls[1] == (2, threading.current_thread().name)
     assert ahead_stream(stream, cores=torch.get_num_threads()) is stream  # no core left for it
+
+
+def test_behind_consumes_in_order_on_another_thread() -> None:
+    from neuroflow.merging.prefetch import behind
+
+    seen, names = [], set()
+
+    def consume(item: int) -> None:
+        time.sleep(0.001 if item % 7 else 0.01)
+        seen.append(item)
+        names.add(threading.current_thread().name)
+
+    with behind(consume, depth=2) as sink:
+        for i in range(50):
+            sink.put(i)
+    assert seen == list(range(50))
+    assert names == {"neuroflow-behind"}
+
+
+def test_behind_raises_the_consumer_error_and_stops() -> None:
+    from neuroflow.merging.prefetch import behind
+
+    seen = []
+
+    def consume(item: int) -> None:
+        if item == 3:
+            raise OSError("disk full writing 'model.safetensors'")
+        seen.append(item)
+
+    with pytest.raises(OSError, match="disk full"):
+        with behind(consume, depth=1) as sink:
+            for i in range(1000):
+                sink.put(i)
+    assert seen == [0, 1, 2]
+    assert not any(t.name == "neuroflow-behind" and t.is_alive() for t in threading.enumerate())
+
+
+def test_behind_caller_error_drops_the_queue() -> None:
+    from neuroflow.merging.prefetch import behind
+
+    seen = []
+    with pytest.raises(KeyError):
+        with behind(lambda item: (time.sleep(0.05), seen.append(item)), depth=4) as sink:
+            for i in range(5):
+                sink.put(i)
+            raise KeyError("merge failed")
+    assert len(seen) < 5  # what was still queued is not consumed after the caller failed
+    assert not any(t.name == "neuroflow-behind" and t.is_alive() for t in threading.enumerate())
