@@ -19,6 +19,38 @@ log = logging.getLogger(__name__)
 PROG = "python -m neuroflow run"
 
 
+def stage_main(args: list[str]) -> None:
+    """Run one stage's command line in this process: `stats` (the statistics pass of RegMean /
+    Fisher merging) is a command of its own, `fit|test|merge` are LightningCLI's."""
+    if args and args[0] == "stats":
+        from neuroflow.statistics.command import main as stats_main
+
+        stats_main(args[1:])
+        return
+    cli_main(args)
+
+
+def check_stage(command: str, config: dict[str, Any], extra_args: list[str] | None = None) -> None:
+    """Check a stage config as its command parses it (see `neuroflow.commands.cli.check_config`).
+
+    Raises:
+        UsageError: the config does not parse (one-line message naming the key).
+    """
+    if command != "stats":
+        check_config(command, config, extra_args)
+        return
+    from neuroflow.commands.errors import UsageError
+    from neuroflow.statistics.command import build_parser as stats_parser
+
+    parser = stats_parser()
+    parser.exit_on_error = False
+    try:
+        parser.parse_object(config)
+    except Exception as err:  # jsonargparse raises ArgumentError (or a subclass) on a bad key/value
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UsageError(f"stats config: {first}", str(err)) from err
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -85,8 +117,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         subset = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
         recipe = load_recipe(args.recipe, overrides=overrides, override_files=args.override_files, tasks=subset)
         only = [g.strip() for g in args.only.split(",") if g.strip()] if args.only else None
-        runner = PipelineRunner(recipe, force=args.force, only=only, launcher=args.launcher, entry_point=cli_main,
-                                validator=check_config)
+        runner = PipelineRunner(recipe, force=args.force, only=only, launcher=args.launcher, entry_point=stage_main,
+                                validator=check_stage)
         if args.slurm_out or args.dry_run:
             # A real run checks its stages itself; these only write configs, so check them here.
             runner.check(runner.planner.stages() if args.slurm_out else None)

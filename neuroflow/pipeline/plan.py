@@ -61,7 +61,7 @@ class Stage:
         name: unique id, also the config file's stem (`fit_sst2`, `merge_ties`, `test_pretrained`).
         command: the neuroflow subcommand (`fit`, `merge`, `test`).
         config: the complete config (what `--config` receives).
-        kind: `expert`, `multitask`, `merge` or `baseline` (what the runner checks to skip it).
+        kind: `expert`, `multitask`, `baseline`, `statistics` or `merge` (what the runner checks to skip it).
         task: the task an expert fit trains.
         row: the row this stage adds to the combined report.
         report_dir: where the stage's `report.json` lands.
@@ -143,6 +143,22 @@ def resolve_task_specs(recipe: Recipe) -> dict[str, dict[str, Any]]:
             raise RecipeError(f"{where}: tasks.{name}: {err}") from err
         specs[name] = spec.to_dict()
     return specs
+
+
+def _method_kinds(method: Any) -> list[str]:
+    """The statistics kinds a merge method config reads: its class's `statistics_kind`, and its
+    fallback's (RegMean merges the non-linear tensors with another method)."""
+    import importlib
+
+    if not isinstance(method, dict) or not isinstance(method.get("class_path"), str):
+        return []
+    module, _, name = method["class_path"].rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        return []  # the stage check names a wrong class path; planning does not
+    kinds = [cls.statistics_kind] if getattr(cls, "statistics_kind", None) else []
+    return kinds + _method_kinds((method.get("init_args") or {}).get("fallback"))
 
 
 def _primary(spec: dict[str, Any]) -> str:
@@ -302,6 +318,44 @@ class Planner:
                                 row=row, report_dir=self.eval_dir(row)))
         return stages
 
+    def statistics_kinds(self) -> list[str]:
+        """The kinds the statistics stages compute: the recipe's `statistics.kinds`, else those
+        its merge methods read, in a fixed order."""
+        wanted = set(self.recipe.statistics.kinds)
+        if not wanted:
+            for run in self.recipe.merges:
+                wanted.update(_method_kinds(run.method))
+        from neuroflow.statistics import KINDS
+
+        unknown = sorted(wanted - set(KINDS))
+        if unknown:
+            raise RecipeError(f"{self.recipe.source_path or '<recipe>'}: statistics.kinds: unknown {unknown}; "
+                              f"choose from {list(KINDS)}")
+        return [k for k in KINDS if k in wanted]
+
+    def statistics_stages(self) -> list[Stage]:
+        """`python -m neuroflow stats` per expert, over its own training data as its fit read it,
+        when a kind is needed (the statistics land next to the expert, where the merges read them)."""
+        kinds = self.statistics_kinds()
+        if not kinds:
+            return []
+        settings = self.recipe.statistics
+        stages = []
+        for task in self.recipe.task_names:
+            config = {
+                "experts": str(self.experts_dir),
+                "data": self._data([task], self.recipe.expert_training(task).data),
+                "kinds": ",".join(kinds),
+                "max_batches": settings.max_batches,
+                "tasks": task,
+                "fisher_labels": settings.fisher_labels,
+                "seed": settings.seed,
+                "threads": settings.threads,
+                "accelerator": settings.accelerator,
+            }
+            stages.append(Stage(f"stats_{task}", "stats", config, kind="statistics", task=task))
+        return stages
+
     def merge_stages(self) -> list[Stage]:
         stages = []
         for run in self.recipe.merges:
@@ -323,8 +377,9 @@ class Planner:
         return stages
 
     def stages(self) -> list[Stage]:
-        """Every stage in run order: experts, joint model, baselines, merges."""
-        return self.expert_stages() + self.multitask_stages() + self.baseline_stages() + self.merge_stages()
+        """Every stage in run order: experts, joint model, baselines, statistics, merges."""
+        return (self.expert_stages() + self.multitask_stages() + self.baseline_stages()
+                + self.statistics_stages() + self.merge_stages())
 
 
 def plan_recipe(recipe: Recipe) -> Planner:

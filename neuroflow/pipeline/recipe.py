@@ -26,6 +26,7 @@ from neuroflow.pipeline.recipe_schema import (  # noqa: F401  (the recipe's publ
     Recipe,
     RecipeError,
     Slurm,
+    Statistics,
     Training,
     build,
 )

@@ -104,6 +104,32 @@ class Evaluation:
 
 
 @dataclass
+class Statistics:
+    """The statistics pass of the data-aware merges (RegMean's Gram matrices, Fishers): one
+    `python -m neuroflow stats` stage per expert (`stats_<task>`), run after the fits and before
+    the merges, over that expert's own training data as its fit read it (its caps and data
+    settings). Planned only when a kind is needed: listed here, or read by a merge's method.
+
+    Args:
+        kinds: the statistics to compute (`regmean`, `fisher`); empty = those the recipe's merge
+            methods read.
+        max_batches: training batches per expert (null: its whole capped training split).
+        fisher_labels: `sample` (one label drawn from the expert's softmax per example) or
+            `expected` (every class weighted by its probability; one backward pass per class).
+        seed: seed of the Fisher's label draws.
+        threads: torch CPU threads during the pass (null: torch's; 1 is fastest on a busy CPU).
+        accelerator: Lightning accelerator of the pass (one device).
+    """
+
+    kinds: list[str] = field(default_factory=list)
+    max_batches: int | None = 32
+    fisher_labels: Literal["sample", "expected"] = "sample"
+    seed: int = 0
+    threads: int | None = None
+    accelerator: str = "auto"
+
+
+@dataclass
 class Slurm:
     """What the rendered SLURM scripts ask the scheduler for.
 
@@ -160,6 +186,7 @@ class Recipe:
         baselines: reference rows (pre-trained backbone, individual experts).
         merges: the merged models to build and score.
         evaluation: settings shared by the merge and test runs.
+        statistics: the statistics pass of the data-aware merges (RegMean, Fisher merging).
         launcher: run each stage `inprocess` (fast, one Python) or as a `subprocess`.
         slurm: scheduler settings for `--slurm-out`.
         source_path: the recipe file (filled by `load_recipe`).
@@ -181,6 +208,7 @@ class Recipe:
     baselines: Baselines = field(default_factory=Baselines)
     merges: list[MergeRun] = field(default_factory=list)
     evaluation: Evaluation = field(default_factory=Evaluation)
+    statistics: Statistics = field(default_factory=Statistics)
     launcher: Literal["inprocess", "subprocess"] = "inprocess"
     slurm: Slurm = field(default_factory=Slurm)
     source_path: str = ""
@@ -221,7 +249,7 @@ def build(cls: type, raw: Any, key: str, where: str) -> Any:
     for name, value in raw.items():
         sub = {
             "training": Training, "multitask": MultiTask, "baselines": Baselines,
-            "evaluation": Evaluation, "slurm": Slurm,
+            "evaluation": Evaluation, "slurm": Slurm, "statistics": Statistics,
         }.get(name) if cls is Recipe else None
         path = f"{key}.{name}" if key else name
         kwargs[name] = build(sub, value, path, where) if sub else value

@@ -149,14 +149,27 @@ class PipelineRunner:
         if stage.kind == "multitask":
             done = previous.get("status") == "done" and self.planner.best_checkpoint(MULTITASK_ROW).is_file()
             return "joint model already trained" if done else None
-        done = (
+        same = (
             previous.get("status") == "done"
             and previous.get("config_hash") == stage.config_hash()
             and previous.get("experts") == self._experts_key(stage)
-            and stage.report_dir is not None
-            and (stage.report_dir / "report.json").is_file()
         )
+        if stage.kind == "statistics":
+            # Up to date while the files it wrote are there (a retrained expert changes the key).
+            return "up to date (same config and experts)" if same and self._statistics_present(stage) else None
+        done = same and stage.report_dir is not None and (stage.report_dir / "report.json").is_file()
         return "up to date (same config and experts)" if done else None
+
+    def _statistics_present(self, stage: Stage) -> bool:
+        from neuroflow.experts import load_experts
+        from neuroflow.statistics import statistics_path
+
+        try:
+            experts = [e for e in load_experts(self.planner.experts_dir) if e.task == stage.task]
+        except (FileNotFoundError, ValueError):
+            return False
+        kinds = str(stage.config["kinds"]).split(",")
+        return bool(experts) and all(statistics_path(e, k).is_file() for e in experts for k in kinds)
 
     def _experts_key(self, stage: Stage) -> str:
         key = experts_signature(self.planner.experts_dir)
@@ -166,7 +179,9 @@ class PipelineRunner:
         return key
 
     def _group(self, stage: Stage) -> str:
-        return {"expert": "fit", "multitask": "multitask", "baseline": "baselines", "merge": "merge"}[stage.kind]
+        # The statistics pass belongs to the merges that read it: `--only merge` reruns both.
+        return {"expert": "fit", "multitask": "multitask", "baseline": "baselines", "statistics": "merge",
+                "merge": "merge"}[stage.kind]
 
     # -- running -------------------------------------------------------------------------------
     def _check_experts_ready(self) -> None:
@@ -229,7 +244,7 @@ class PipelineRunner:
             record.setdefault("status", "done")
             record["skipped_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
             return record
-        if stage.kind in ("baseline", "merge") and stage.row != MULTITASK_ROW:
+        if stage.kind in ("baseline", "statistics", "merge") and stage.row != MULTITASK_ROW:
             self._check_experts_ready()
         launch = self._resume_or_clean(stage) if stage.command == "fit" else self._reference_or_manifest(stage)
         if launch.config != stage.config:
@@ -255,7 +270,7 @@ class PipelineRunner:
             "wall_s": round(time.perf_counter() - started, 2),
             "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
-        if stage.kind in ("baseline", "merge"):
+        if stage.kind in ("baseline", "statistics", "merge"):
             record["experts"] = self._experts_key(stage)
         self.state["stages"][stage.name] = record
         self._save_state()

@@ -122,7 +122,7 @@ def render_slurm(recipe: Recipe, planner: Planner, out_dir: str | Path) -> dict[
 
     fits = planner.expert_stages() + [s for s in planner.multitask_stages() if s.command == "fit"]
     evals = [s for s in planner.multitask_stages() if s.command != "fit"]
-    evals += planner.baseline_stages() + planner.merge_stages()
+    evals += planner.baseline_stages() + planner.statistics_stages() + planner.merge_stages()
     paths = {stage.name: (abs_out / "configs" / f"{stage.name}.yaml") for stage in fits + evals}
     for stage in fits + evals:
         write_config(stage, config_dir)
@@ -148,6 +148,12 @@ def render_slurm(recipe: Recipe, planner: Planner, out_dir: str | Path) -> dict[
     merge_script = header("merge", slurm.merge_time).replace("%x-%A_%a.out", "%x-%j.out")
     for stage in evals:
         extra = "".join(f" {_q(a)}" for a in stage.extra_args)
+        if stage.command == "stats":
+            # The statistics pass is one process on one device (not a DDP run).
+            merge_script += (f"\necho '== {stage.name}'\n"
+                             f"srun --ntasks=1 --nodes=1 python -m neuroflow stats --config {_q(paths[stage.name])} "
+                             f"--accelerator gpu\n")
+            continue
         merge_script += (f"\necho '== {stage.name}'\n"
                          f"srun python -m neuroflow {stage.command} --config {_q(paths[stage.name])}{extra} "
                          f'"${{DDP_ARGS[@]}}"\n')

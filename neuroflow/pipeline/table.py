@@ -71,7 +71,9 @@ def rows_table_data(combined: Mapping[str, Any]) -> list[dict[str, Any]]:
         name = run["name"]
         values = {task: row["runs"].get(name, {}).get("value") for task, row in combined["tasks"].items()}
         avg = combined["average"]["runs"][name]
-        rows.append({"name": name, "tasks": values, "average": avg["score"], "normalized": avg["normalized"]})
+        uses_data = bool((run.get("model") or {}).get("uses_data"))
+        rows.append({"name": name, "tasks": values, "average": avg["score"], "normalized": avg["normalized"],
+                     "uses_data": uses_data})
     return rows
 
 
@@ -82,9 +84,13 @@ def render_rows_table(combined: Mapping[str, Any], title: str = "") -> str:
     header = ["model", *[f"{t} ({m})" for t, m in zip(tasks, metrics)], "avg", "avg norm."]
     lines = [f"### {title}", ""] if title else []
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in rows_table_data(combined):
-        cells = [row["name"], *[_pct(row["tasks"][t]) for t in tasks], _pct(row["average"]),
-                 _ratio(row["normalized"])]
+    rows = rows_table_data(combined)
+    for row in rows:
+        name = row["name"] + (" (uses training data)" if row["uses_data"] else "")
+        cells = [name, *[_pct(row["tasks"][t]) for t in tasks], _pct(row["average"]), _ratio(row["normalized"])]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Metrics in %; `avg norm.` = mean over tasks of model / individual expert (primary metric)."]
+    if any(row["uses_data"] for row in rows):
+        lines.append("Rows marked \"uses training data\" (RegMean, Fisher merging) read statistics of each expert's "
+                     "training data: a stronger setting than the data-free merges, not a like-for-like comparison.")
     return "\n".join(lines) + "\n"

@@ -14,6 +14,7 @@ import yaml
 from neuroflow.commands.cli import main as cli_main
 from neuroflow.pipeline import load_recipe, plan_recipe, render_slurm
 from neuroflow.commands.run import main as run_main
+from neuroflow.statistics.command import build_parser as stats_parser
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -90,7 +91,7 @@ def test_array_elements_skip_collected_experts(rendered: dict[str, Path], tmp_pa
 def _neuroflow_commands(script: str) -> list[list[str]]:
     out = []
     for line in script.splitlines():
-        match = re.match(r"\s*(?:srun )?python -m neuroflow (.*)$", line)
+        match = re.match(r"\s*(?:srun (?:--\S+ )*)?python -m neuroflow (.*)$", line)
         if match:
             text = (match.group(1).replace('"${DDP_ARGS[@]}"', "--trainer.accelerator cpu --trainer.devices 1 "
                                            "--trainer.num_nodes 1 --trainer.strategy ddp"))
@@ -103,10 +104,16 @@ def test_every_command_parses(rendered: dict[str, Path], capsys: pytest.CaptureF
     commands = [["fit", "--config", c, "--trainer.accelerator", "cpu", "--trainer.devices", "1",
                  "--trainer.num_nodes", "1", "--trainer.strategy", "ddp"] for c in fit_configs]
     commands += _neuroflow_commands(rendered["merge_eval.sbatch"].read_text())
-    assert len(commands) == 3 + 3 + 11 + 1  # fits; joint, pretrained, individual tests; 11 merges; report
+    # fits; joint, pretrained, individual tests; a statistics pass per expert; 14 merges; report
+    assert len(commands) == 3 + 3 + 2 + 14 + 1
+    assert [a[0] for a in commands].count("stats") == 2
     for args in commands:
         if args[0] == "run":
             run_main([*args[1:], "--dry-run"])
+            continue
+        if args[0] == "stats":  # parsed as the command parses it (running it needs trained experts)
+            parsed = stats_parser().parse_args(args[1:])
+            assert parsed.accelerator == "gpu" and parsed.kinds == "regmean,fisher" and parsed.max_batches == 8
             continue
         with pytest.raises(SystemExit) as info:
             cli_main([*args, "--print_config"])

@@ -223,4 +223,6 @@ def test_recipes_leave_progress_on(name: str, tmp_path: Path) -> None:
     """Stages show progress (a bar on a terminal, log lines otherwise); only --quiet turns it off."""
     recipe = load_recipe(REPO / "recipes" / name, overrides=[f"output_dir={tmp_path / 'out'}"])
     for stage in plan_recipe(recipe).stages():
+        if stage.command == "stats":  # not a Trainer run: the statistics command logs one line per expert
+            continue
         assert stage.config["trainer"].get("enable_progress_bar") is not False, stage.name
