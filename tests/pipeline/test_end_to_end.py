@@ -6,11 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
+from stage_recorder import Recorder
 
 from neuroflow.evaluation.report import load_report
 from neuroflow.pipeline import PipelineRunner, load_recipe
-from neuroflow.pipeline.launch import run_inprocess
-from neuroflow.commands.cli import main as cli_main
 from neuroflow.pipeline.table import render_rows_table
 
 RECIPE = """\
@@ -37,17 +36,6 @@ evaluation:
   data: {{eval_batch_size: 64, max_length: 24}}
   trainer: {{enable_progress_bar: false, enable_model_summary: false}}
 """
-
-
-class Recorder:
-    """The in-process launcher, recording which stages really ran."""
-
-    def __init__(self) -> None:
-        self.ran: list[str] = []
-
-    def __call__(self, stage, config_path, log_path) -> None:  # noqa: ANN001
-        self.ran.append(stage.name)
-        run_inprocess(stage, config_path, log_path, cli_main)
 
 
 def _created(out: Path) -> dict[str, str]:

@@ -7,11 +7,11 @@ import json
 from pathlib import Path
 
 import pytest
+from stage_recorder import Recorder
 
 from neuroflow.commands.errors import UsageError
-from neuroflow.commands.run import check_stage, stage_main
+from neuroflow.commands.run import check_stage
 from neuroflow.pipeline import PipelineRunner, load_recipe
-from neuroflow.pipeline.launch import run_inprocess
 from neuroflow.pipeline.plan import plan_recipe
 from neuroflow.pipeline.recipe import RecipeError
 from neuroflow.pipeline.slurm import render_slurm
@@ -44,17 +44,6 @@ evaluation:
   data: {{eval_batch_size: 64, max_length: 24}}
   trainer: {{enable_progress_bar: false, enable_model_summary: false}}
 """
-
-
-class Recorder:
-    """The in-process launcher through the `run` command's own dispatcher, recording the stages."""
-
-    def __init__(self) -> None:
-        self.ran: list[str] = []
-
-    def __call__(self, stage, config_path, log_path) -> None:  # noqa: ANN001
-        self.ran.append(stage.name)
-        run_inprocess(stage, config_path, log_path, stage_main)
 
 
 def _write(root: Path, backbone: str, data_dir: str, body: str = RECIPE) -> Path:
