@@ -18,6 +18,8 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from neuroflow.class_paths import import_path
+
 # Packages whose classes a neuroflow config names (searched for the valid choices of a class_path).
 _NEUROFLOW_PACKAGES = ("neuroflow.merging", "neuroflow.evaluation", "neuroflow.models", "neuroflow.data",
                        "neuroflow.callbacks")
@@ -95,15 +97,6 @@ def underlying(err: BaseException) -> BaseException:
             return current
         current = current.__cause__
     return err
-
-
-def import_path(path: str) -> object | None:
-    """The object at a dotted import path, or None when it does not import."""
-    module, _, name = path.rpartition(".")
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError, ValueError):
-        return None
 
 
 def accepted_keys(class_path: str) -> list[str]:

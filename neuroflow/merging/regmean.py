@@ -16,13 +16,13 @@ norms, embeddings) are merged by `fallback`.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from neuroflow.class_paths import import_path, is_class_config
 from neuroflow.merging.averaging import WeightAveraging
 from neuroflow.merging.base import MergeMethod
 from neuroflow.merging.expert_statistics import ExpertStatistics, fan_in
@@ -94,12 +94,8 @@ def _as_method(value: MergeMethod | Mapping[str, Any] | None) -> MergeMethod | N
     # `with_params` and merge cards round-trip; jsonargparse hands over instances itself.
     if value is None or isinstance(value, MergeMethod):
         return value
-    if isinstance(value, Mapping) and "class_path" in value:
-        module, _, qualname = str(value["class_path"]).rpartition(".")
-        try:
-            cls = getattr(importlib.import_module(module or "neuroflow.merging"), qualname)
-        except (ImportError, AttributeError):
-            cls = None
+    if is_class_config(value):
+        cls = import_path(value["class_path"], "neuroflow.merging")
         if isinstance(cls, type) and issubclass(cls, MergeMethod):
             return cls(**dict(value.get("init_args") or {}))
     raise ValueError(f"RegMean: fallback must be a MergeMethod, its class_path config, or None, got {value!r}")

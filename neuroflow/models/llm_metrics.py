@@ -13,7 +13,6 @@ a trailing period (`72.`) are handled; generated text is only parsed, never exec
 
 from __future__ import annotations
 
-import importlib
 import re
 from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
@@ -21,6 +20,7 @@ from decimal import Decimal, InvalidOperation
 import torch
 from torchmetrics import Metric
 
+from neuroflow.class_paths import import_path
 from neuroflow.data.llm_spec import is_scorer_path, metric_key
 from neuroflow.models.verbalizer import normalize_answer
 
@@ -77,10 +77,12 @@ def load_scorer(metric: str, task: str) -> Scorer:
         return BUILTIN_SCORERS[metric]
     if not is_scorer_path(metric):
         raise ValueError(f"task {task!r}: unknown metric {metric!r}; known: {sorted(BUILTIN_SCORERS)} or a class path")
-    module_name, _, cls_name = metric.rpartition(".")
+    cls = import_path(metric)
+    if cls is None:
+        raise ValueError(f"task {task!r}: metric {metric!r}: cannot build the scorer class: it does not import")
     try:
-        scorer = getattr(importlib.import_module(module_name), cls_name)()
-    except (ImportError, AttributeError, TypeError) as err:
+        scorer = cls()
+    except TypeError as err:
         raise ValueError(f"task {task!r}: metric {metric!r}: cannot build the scorer class: {err}") from err
     if not callable(scorer):
         raise ValueError(f"task {task!r}: metric {metric!r}: a scorer must be callable as scorer(prediction, reference)")

@@ -17,6 +17,7 @@ from typing import Any
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
+from neuroflow.class_paths import import_path, is_class_config
 from neuroflow.callbacks import ExpertCollector
 from neuroflow.data import MultiTaskDataModule
 from neuroflow.evaluation import ExpertsModule, MergeModule, PretrainedModule
@@ -148,14 +149,10 @@ def resolve_task_specs(recipe: Recipe) -> dict[str, dict[str, Any]]:
 def _method_kinds(method: Any) -> list[str]:
     """The statistics kinds a merge method config reads: its class's `statistics_kind`, and its
     fallback's (RegMean merges the non-linear tensors with another method)."""
-    import importlib
-
-    if not isinstance(method, dict) or not isinstance(method.get("class_path"), str):
+    if not is_class_config(method):
         return []
-    module, _, name = method["class_path"].rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError, ValueError):
+    cls = import_path(method["class_path"])
+    if cls is None:
         return []  # the stage check names a wrong class path; planning does not
     kinds = [cls.statistics_kind] if getattr(cls, "statistics_kind", None) else []
     return kinds + _method_kinds((method.get("init_args") or {}).get("fallback"))

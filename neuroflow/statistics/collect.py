@@ -9,7 +9,6 @@ per kind written atomically into `<expert folder>/statistics/`.
 from __future__ import annotations
 
 import datetime as _dt
-import importlib
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -21,6 +20,7 @@ import torch
 import yaml
 
 import neuroflow
+from neuroflow.class_paths import resolve_class
 from neuroflow.data.datamodule import MultiTaskDataModule
 from neuroflow.data.registry import resolve_task
 from neuroflow.data.task_spec import TaskSpec
@@ -81,11 +81,8 @@ def data_settings(data: str | os.PathLike | Mapping[str, Any] | None) -> tuple[t
     data = dict(data)
     cls: type = MultiTaskDataModule
     if "class_path" in data:
-        module, _, name = str(data["class_path"]).rpartition(".")
-        cls = getattr(importlib.import_module(module or "neuroflow.data"), name)
+        cls = resolve_class(data["class_path"], MultiTaskDataModule, "neuroflow.data", "data class_path")
         data = dict(data.get("init_args") or {})
-    if not (isinstance(cls, type) and issubclass(cls, MultiTaskDataModule)):
-        raise ValueError(f"data class {cls!r} is not a neuroflow MultiTaskDataModule")
     return cls, data
 
 

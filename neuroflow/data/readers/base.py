@@ -19,6 +19,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from neuroflow.class_paths import import_path
+
 # A split's files: one path, or file role -> path (e.g. {"text": ..., "label": ...}).
 SplitFiles = Path | dict[str, Path]
 Columns = dict[str, list[Any] | np.ndarray]
@@ -108,10 +110,8 @@ def find_reader(path: str) -> type[Reader] | None:
         return readers[path]
     # Hub ids contain "/"; a dotted name without one may be a user reader's class path.
     if "." in path and "/" not in path:
-        module_name, _, attr = path.rpartition(".")
-        try:
-            obj = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError):
+        obj = import_path(path)
+        if obj is None:
             return None
         if not (inspect.isclass(obj) and issubclass(obj, Reader)):
             raise ValueError(f"source.path {path!r} is not a neuroflow.data.readers.Reader subclass")
