@@ -115,20 +115,6 @@ def _open(ref: str, kind: str, base_view) -> tuple[Any, dict[str, Any]]:
     return RemoteHeaders(ref, small), {"name": ref, "kind": "model", "revision": small.name}
 
 
-def default_threads(cores: int | None = None) -> int:
-    """Maths threads for a merge given no `threads`: every core torch may use but one.
-
-    The merge reads the next tensor and writes the last one on threads of their own; with the maths
-    on every core as well they take turns with it, and the merge is slower than with one thread
-    fewer (measured on 2 cores: NeuroMerging at 210M 3-7% slower in 5 paired runs, at 1.26B 18%).
-
-    Args:
-        cores: the cores to fill (None: torch's intra-op setting, which follows `OMP_NUM_THREADS`
-            and the CPUs this process may run on).
-    """
-    return max(1, (cores or torch.get_num_threads()) - 1)
-
-
 def merge_checkpoints(
     base: str,
     experts: list[str],
@@ -153,8 +139,7 @@ def merge_checkpoints(
         max_shard_size: shard size limit, "5GB"-style (transformers' default).
         dtype: dtype of the written float weights ("bfloat16", "float16", "float32"; None keeps each
             tensor's base dtype).
-        threads: threads for the maths (None: `default_threads()`, every core but one, which the
-            reader and writer threads use).
+        threads: torch intra-op threads for the maths (None: torch's default, every core).
         vocab: "refuse" (resized vocabularies are an error) or "shared_rows".
         command: the command line that ran the merge (recorded in the model card).
         config: the config the merge ran from (recorded in the model card).
@@ -217,7 +202,6 @@ def _write(base_ref, base, source, readers, facts, report, method, out, max_shar
     tmp = make_temp_dir(out)
     writer = None
     try:
-        threads = default_threads() if threads is None else threads
         stream = merge_stream(base, source, method, routing=routing, exclude=exclude, progress=progress, threads=threads)
         writer = ShardWriter(tmp, plan, max_shard_size)
         planned = {name: dtype_ for name, _, dtype_ in plan}

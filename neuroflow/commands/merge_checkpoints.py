@@ -84,7 +84,7 @@ def from_mergekit_main(argv: list[str]) -> dict[str, Any]:
     parser.add_argument("--max_shard_size", default="5GB", help="shard size limit, e.g. 5GB")
     parser.add_argument("--dtype", default=None, choices=["bfloat16", "float16", "float32"],
                         help="output dtype (default: the MergeKit config's, else the base's)")
-    parser.add_argument("--threads", type=int, default=None, help="threads for the maths (default: every core but one, left to the reader and writer threads)")
+    parser.add_argument("--threads", type=int, default=None, help="threads for the maths (default: all cores)")
     args = parser.parse_args(argv)
     plan = from_mergekit(args.from_mergekit)
     return merge_checkpoints(plan.base, plan.experts, plan.method, args.output_dir,

@@ -164,7 +164,7 @@ class NeuroTrainer(Trainer):
                 hub ids or adapters as `model.experts`): the largest weights shard written, e.g. `5GB`.
             dtype: for such checkpoints: the dtype of the written weights (`bfloat16`, `float16`,
                 `float32`); default: each tensor's base dtype.
-            threads: for such checkpoints: threads used by the merge maths (default: every core but one, left to the reader and writer threads).
+            threads: for such checkpoints: threads used by the merge maths (default: every core).
             vocab: for such checkpoints: `refuse` a resized vocabulary, or merge the `shared_rows`
                 and keep each added row from the expert that added it.
         """

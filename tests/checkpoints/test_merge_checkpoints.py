@@ -198,27 +198,3 @@ def test_a_failing_write_leaves_no_output(llama, tmp_path, monkeypatch) -> None:
         merge_checkpoints(str(llama["base"]), [str(p) for p in llama["experts"]], TIES(mask_rate=0.5), str(out))
     assert not out.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == []
-
-
-def test_default_threads_leave_a_core_to_the_reader(llama, tmp_path, monkeypatch) -> None:
-    import neuroflow.checkpoints.merge as merge_module
-    from neuroflow.checkpoints.merge import default_threads
-
-    assert default_threads(2) == 1 and default_threads(16) == 15 and default_threads(1) == 1
-    seen = []
-    real = merge_module.merge_stream
-
-    def spy(*args, **kwargs):
-        seen.append(kwargs["threads"])
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(merge_module, "merge_stream", spy)
-    before = torch.get_num_threads()
-    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
-    method = TaskArithmetic(scaling=0.4)
-    try:
-        merge_checkpoints(str(llama["base"]), [str(p) for p in llama["experts"]], method, str(tmp_path / "a"))
-        merge_checkpoints(str(llama["base"]), [str(p) for p in llama["experts"]], method, str(tmp_path / "b"), threads=2)
-    finally:
-        torch.set_num_threads(before)  # the merge restores what the patched getter reported
-    assert seen == [3, 2]
