@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing, contextmanager
@@ -258,6 +259,10 @@ class MergeStream:
         """`(merged tensor or rows, the row block's TieFallback)` per unit, merged on this thread
         with `threads` intra-op threads; the next unit's inputs are read ahead by a prefetch thread
         when a core is free for it."""
+        workers = self._workers()
+        if workers > 1:
+            yield from self._units_merged_parallel(work, recycler, workers)
+            return
         # The prefetch thread's own torch ops run single-threaded (OpenMP would give it a second
         # team of `threads` workers competing with the maths for the same cores).
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="merge-prefetch", initializer=torch.set_num_threads, initargs=(1,))
@@ -284,6 +289,51 @@ class MergeStream:
                     merged = self._merge_one(name, inputs, recycler, tie)
                 yield merged, tie
                 del merged
+
+    def _workers(self) -> int:
+        """Units merged at once. With the compiled kernels and 2 or more threads, each thread takes
+        whole units (read, subtract, merge) on one core of its own: splitting every kernel over the
+        cores, with a reader thread handing it the inputs, made 2 threads slower than 1 (each
+        hand-off moves the unit's data between cores), while two 1-thread merges side by side ran
+        at full speed."""
+        count = self.threads or torch.get_num_threads()
+        return count if self.prefetch and count > 1 and kernels.enabled() else 1
+
+    def _units_merged_parallel(self, work: list, recycler: _Recycler | None, workers: int) -> Iterator[tuple[Tensor, TieFallback | None]]:
+        """`_units_merged` with `workers` threads, each reading and merging whole units with one
+        torch thread and unsplit kernels; results come back in `work`'s order. Units whose stacks
+        exceed `PREFETCH_BYTES` run alone, so the working set stays within `workers` x (T + 2) x
+        PREFETCH_BYTES or (T + 2) x the largest unit."""
+
+        def job(name: str, rows: tuple[int, int] | None) -> tuple[Tensor, TieFallback | None]:
+            tie = None if rows is None else TieFallback()
+            with torch.no_grad():  # grad mode is per thread
+                return self._merge_one(name, list(self._read(name, rows)), recycler, tie), tie
+
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="merge-worker", initializer=torch.set_num_threads, initargs=(1,))
+        pending: deque[tuple[Future, bool]] = deque()
+        following = iter(work)
+        waiting = next(following, None)
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            with kernels.threads(1):
+                while waiting is not None or pending:
+                    # Fill the pool: a big unit only into an empty one, nothing beside a big unit.
+                    while waiting is not None and len(pending) < workers:
+                        big = self._stack_bytes(*waiting) > PREFETCH_BYTES
+                        if pending and (big or pending[-1][1]):
+                            break
+                        pending.append((pool.submit(job, *waiting), big))
+                        waiting = next(following, None)
+                    merged, tie = pending.popleft()[0].result()
+                    yield merged, tie
+                    del merged
+        finally:
+            for future, _ in pending:
+                future.cancel()
+            pool.shutdown(wait=True)
+            torch.set_num_threads(before)
 
     def _finish_blocks(self, name: str, out: Tensor, tie: TieFallback, redo: list[tuple[int, int]], recycler: _Recycler | None) -> Tensor:
         """A tensor merged by row blocks: blocks that assumed the tie fallback +1 merged again

@@ -125,3 +125,59 @@ def test_buffers_are_reused_along_the_stream() -> None:
     for name, tensor in stream:  # each merged tensor dropped after the check, as a writer does
         assert torch.equal(tensor, expected[name]), name
     assert stream.task_vectors.recycler.reused >= 12
+
+
+PARALLEL_METHODS = [TaskArithmetic(), TIES(mask_rate=0.5), NeuroMerging(mask_rate=0.5)]
+
+
+@pytest.mark.parametrize("method", PARALLEL_METHODS + ["dare", "tsv", "iso"], ids=repr)
+@pytest.mark.parametrize("threads", [2, 3])
+def test_parallel_workers_give_the_sequential_merge(method, threads) -> None:
+    from neuroflow.merging import DARE, IsoC, TSVMerge, kernels
+
+    method = {"dare": DARE(drop_rate=0.5, seed=1), "tsv": TSVMerge(), "iso": IsoC()}.get(method, method)
+    base, experts = model(experts=4)
+    expected = merge(base, experts, method)
+    stream = merge_stream(base, experts, method, threads=threads)
+    assert stream._workers() == (threads if kernels.enabled() else 1)
+    got = dict(stream)
+    assert list(got) == list(base)
+    assert all(torch.equal(got[n], expected.state_dict[n]) for n in base)
+
+
+class Overlap(MergeMethod):
+    """Task arithmetic that records how many of its merges ran at the same time."""
+
+    name = "overlap"
+
+    def __init__(self) -> None:
+        import threading
+
+        self.lock, self.running, self.most = threading.Lock(), 0, 0
+
+    def merge_tensor(self, name, base, task_vectors, route, stats):
+        import time
+
+        with self.lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+        time.sleep(0.02)
+        with self.lock:
+            self.running -= 1
+        return task_vectors.sum(dim=0)
+
+
+def test_workers_overlap_units_but_run_big_ones_alone(monkeypatch) -> None:
+    from neuroflow.merging import engine, kernels
+
+    if not kernels.enabled():
+        pytest.skip("workers need the compiled kernels")
+    base, experts = model(experts=2)
+    method = Overlap()
+    assert torch.equal(dict(merge_stream(base, experts, method, threads=2))["a.weight"],
+                       merge(base, experts, TaskArithmetic(scaling=1.0)).state_dict["a.weight"])
+    assert method.most == 2
+    monkeypatch.setattr(engine, "PREFETCH_BYTES", 0)  # every unit is "big": one at a time
+    method = Overlap()
+    list(merge_stream(base, experts, method, threads=2))
+    assert method.most == 1
