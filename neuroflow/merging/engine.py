@@ -114,6 +114,21 @@ def _intra_op_threads(threads: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+def _workers(threads: int | None, overlap: bool) -> int:
+    """Units (and statistics tensors) worked on at once. With the compiled kernels and 2 or more
+    threads, each thread takes whole units (read, subtract, merge or reduce) on one core of its
+    own: splitting every kernel over the cores, with a reader thread handing it the inputs, made 2
+    threads slower than 1 (each hand-off moves the unit's data between cores), while two 1-thread
+    merges side by side ran at full speed.
+
+    Args:
+        threads: the merge's `threads` (None: torch's setting).
+        overlap: whether work may overlap at all (the streamed merge's `prefetch`).
+    """
+    count = threads or torch.get_num_threads()
+    return count if overlap and count > 1 and kernels.enabled() else 1
+
+
 def _check_merged_finite(tensor: Tensor, name: str, method: MergeMethod) -> None:
     if all_finite(tensor):
         return
@@ -291,13 +306,7 @@ class MergeStream:
                 del merged
 
     def _workers(self) -> int:
-        """Units merged at once. With the compiled kernels and 2 or more threads, each thread takes
-        whole units (read, subtract, merge) on one core of its own: splitting every kernel over the
-        cores, with a reader thread handing it the inputs, made 2 threads slower than 1 (each
-        hand-off moves the unit's data between cores), while two 1-thread merges side by side ran
-        at full speed."""
-        count = self.threads or torch.get_num_threads()
-        return count if self.prefetch and count > 1 and kernels.enabled() else 1
+        return _workers(self.threads, self.prefetch)
 
     def _units_merged_parallel(self, work: list, recycler: _Recycler | None, workers: int) -> Iterator[tuple[Tensor, TieFallback | None]]:
         """`_units_merged` with `workers` threads, each reading and merging whole units with one
@@ -390,6 +399,7 @@ def merge_stream(
         routes = resolve_routing(base, routing, exclude)
         validate_inputs(base, source, routes, exclude)
         task_vectors = _StreamTaskVectors(base, source, routes)
+        task_vectors.workers = _workers(threads, prefetch)
         if recycle:
             # Statistics passes go block by block (`TaskVectors.chunks`: T x 2^18 values): a small
             # pool keeps their buffers from being faulted in afresh for every block.

@@ -18,9 +18,10 @@ tensor, and two exact strategies use it:
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -135,6 +136,7 @@ def streamed_trim_statistics(
     mask_rate: float,
     dtype: torch.dtype = torch.float32,
     strategy: Literal["auto", "radix"] = "auto",
+    map_blocks: BlockMap | None = None,
 ) -> TrimStatistics:
     """Exact per-task k-th smallest magnitude and removed-mass ratio, from per-tensor passes.
 
@@ -146,6 +148,9 @@ def streamed_trim_statistics(
         mask_rate: fraction of entries dropped by magnitude, in [0, 1].
         dtype: float32 or float64, the dtype the magnitudes are compared in.
         strategy: "auto" (window select, radix fallback) or "radix" (always radix select).
+        map_blocks: runs the window select's per-block work of the full pass, e.g. on worker
+            threads that each build and reduce whole tensors (`TaskVectors.map_chunks`); the
+            result is the same either way.
     """
     if dtype not in _INT_VIEW:
         raise ValueError(f"selection dtype must be float32 or float64, got {dtype}")
@@ -156,7 +161,7 @@ def streamed_trim_statistics(
     k = kth_index(numel, mask_rate)
     if k == 0:
         return TrimStatistics(mask_rate, numel, 0, [None] * num_tasks, [0.0] * num_tasks)
-    found = _window_select(stream, num_tasks, numel, k, dtype) if strategy == "auto" else None
+    found = _window_select(stream, num_tasks, numel, k, dtype, map_blocks) if strategy == "auto" else None
     if found is None:
         found = _radix_select(stream, num_tasks, numel, k, dtype)
     thresholds, sigma = found
@@ -196,14 +201,18 @@ class _Scratch:
         return buffer[:nbytes].view(dtype).view(shape)
 
 
-def _bracket(stream: Stream, num_tasks: int, numel: int, k: int, dtype: torch.dtype) -> tuple[Tensor, Tensor, int]:
+def _bracket(stream: Stream, num_tasks: int, numel: int, k: int, dtype: torch.dtype,
+             map_blocks: BlockMap | None = None) -> tuple[Tensor, Tensor, int]:
     """Per-task magnitudes `[low, high]` likely to bracket the k-th value, and the most entries
     per task the full pass may keep inside it."""
     stride = max(1, numel // _SAMPLE_SIZE)
     stride += stride > 1 and stride % 2 == 0  # odd: less likely to alias with row lengths
     if stride == 1:  # small models: everything is a candidate
         return torch.zeros(num_tasks, dtype=dtype), torch.full((num_tasks,), math.inf, dtype=dtype), numel
-    blocks = list(_blocks(stream, stride, num_tasks, dtype))
+    if map_blocks is None:
+        blocks = list(_blocks(stream, stride, num_tasks, dtype))
+    else:  # the same magnitudes, each block read on a worker
+        blocks = list(map_blocks(lambda values: next(iter(_blocks(lambda _: [values], 1, num_tasks, dtype))), stride))
     if not blocks:  # a stream short of `numel`: the full pass reports it
         return torch.zeros(num_tasks, dtype=dtype), torch.full((num_tasks,), math.inf, dtype=dtype), numel
     sample = torch.cat(blocks, dim=1)
@@ -261,60 +270,104 @@ def _inside(magnitude: Tensor, low: Tensor, high: Tensor, scratch: _Scratch | No
     return [torch.from_numpy(row[keep]) for row, keep in zip(values, within)]
 
 
+class _Partial:
+    """One block's share of the window select's full pass: per-task sums to add (in the dtypes
+    the sequential loop added them in, so the totals are the same bits in any arrangement of the
+    work), and copies of the entries inside the bracket."""
+
+    __slots__ = ("numel", "total", "below_count", "below_mass", "inside")
+
+    def __init__(self, numel: int, total: Tensor, below_count: Tensor, below_mass: Tensor, inside: list[Tensor]) -> None:
+        self.numel, self.total, self.below_count, self.below_mass, self.inside = numel, total, below_count, below_mass, inside
+
+
+def _window_partial(values: Tensor, num_tasks: int, low: Tensor, high: Tensor, dtype: torch.dtype, scratch: _Scratch) -> _Partial:
+    """The full pass's work on one block (safe to run on any thread with its own `scratch`)."""
+    if values.shape[0] != num_tasks:
+        raise ValueError(f"expected {num_tasks} task rows, got shape {tuple(values.shape)}")
+    flat = values.detach().reshape(num_tasks, -1)
+    if flat.dtype == dtype:
+        total = torch.zeros(num_tasks, dtype=torch.float64)
+        below_count = torch.zeros(num_tasks, dtype=torch.int64)
+        below_mass = torch.zeros(num_tasks, dtype=torch.float64)
+        window = scratch.get("inside", tuple(flat.shape), dtype)
+        # The kernel adds one float64 block sum per task into its accumulators: from zero, that
+        # is the block sum itself, which the caller adds to the running totals as the kernel would.
+        found = kernels.window_block(flat, low, high, total, below_count, below_mass, window)
+        if found is not None:
+            inside = [window[t, :count].clone() for t, count in enumerate(found.tolist())]
+            return _Partial(flat.shape[1], total, below_count, below_mass, inside)
+    magnitude = next(_blocks(lambda _: [flat], 1, num_tasks, dtype, scratch))
+    # Block sums in the block's dtype (much faster than a float64 reduction), accumulated in
+    # float64 across blocks: sigma_t is exact to a few float32 ulps.
+    total = magnitude.sum(dim=1)
+    # A float 0/1 mask: torch's comparisons into bool tensors run ~10x slower on CPU, and the
+    # products and sums are the same values as with a bool mask. Block counts (< 2^24) are exact.
+    below = torch.lt(magnitude, low[:, None], out=scratch.get("below", tuple(magnitude.shape), magnitude.dtype))
+    exact = magnitude.dtype if magnitude.shape[1] < 1 << 24 else torch.float64
+    below_count = below.sum(dim=1, dtype=exact).to(torch.int64)
+    below_mass = below.mul_(magnitude).sum(dim=1)
+    return _Partial(flat.shape[1], total, below_count, below_mass, _inside(magnitude, low, high, scratch))
+
+
+BlockMap = Callable[[Callable[[Tensor], Any], int], Iterable[Any]]
+"""`map_blocks(fn, stride)`: `fn` applied to every block of `stream(stride)`, results in stream
+order; `fn` may run on other threads, each call with its own block (the streams of `TaskVectors`:
+`map_chunks`, which also spreads the per-task selections over its workers via `map_tasks`)."""
+
+
 def _window_select(
-    stream: Stream, num_tasks: int, numel: int, k: int, dtype: torch.dtype
+    stream: Stream, num_tasks: int, numel: int, k: int, dtype: torch.dtype, map_blocks: BlockMap | None = None
 ) -> tuple[list[Tensor], list[float]] | None:
-    """Sample-bracketed exact selection in one full pass; None when the bracket missed."""
-    low, high, cap = _bracket(stream, num_tasks, numel, k, dtype)
+    """Sample-bracketed exact selection in one full pass; None when the bracket missed. With
+    `map_blocks`, the full pass's per-block work runs where it places it (worker threads), and
+    the results are the same bits as without."""
+    low, high, cap = _bracket(stream, num_tasks, numel, k, dtype, map_blocks)
     below_count = torch.zeros(num_tasks, dtype=torch.int64)
     below_mass = torch.zeros(num_tasks, dtype=torch.float64)
     total_mass = torch.zeros(num_tasks, dtype=torch.float64)
     inside = [_Pages(dtype) for _ in range(num_tasks)]
     inside_count = [0] * num_tasks
     seen = 0
-    scratch = _Scratch()
-    for values in stream(1):
-        if values.shape[0] != num_tasks:
-            raise ValueError(f"expected {num_tasks} task rows, got shape {tuple(values.shape)}")
-        flat = values.detach().reshape(num_tasks, -1)
-        seen += flat.shape[1]
-        found = None
-        if flat.dtype == dtype:
-            window = scratch.get("inside", tuple(flat.shape), dtype)
-            found = kernels.window_block(flat, low, high, total_mass, below_count, below_mass, window)
-        if found is not None:
-            for t, count in enumerate(found.tolist()):
-                if inside_count[t] <= cap:
-                    inside_count[t] += inside[t].add(window[t, :count])
-            continue
-        magnitude = next(_blocks(lambda _: [flat], 1, num_tasks, dtype, scratch))
-        # Block sums in the block's dtype (much faster than a float64 reduction), accumulated in
-        # float64 across blocks: sigma_t is exact to a few float32 ulps.
-        total_mass += magnitude.sum(dim=1)
-        # A float 0/1 mask: torch's comparisons into bool tensors run ~10x slower on CPU, and the
-        # products and sums are the same values as with a bool mask. Block counts (< 2^24) are exact.
-        below = torch.lt(magnitude, low[:, None], out=scratch.get("below", tuple(magnitude.shape), magnitude.dtype))
-        exact = magnitude.dtype if magnitude.shape[1] < 1 << 24 else torch.float64
-        below_count += below.sum(dim=1, dtype=exact).to(torch.int64)
-        below_mass += below.mul_(magnitude).sum(dim=1)
-        for t, values in enumerate(_inside(magnitude, low, high, scratch)):
+    if map_blocks is None:
+        scratch = _Scratch()
+        parts = (_window_partial(values, num_tasks, low, high, dtype, scratch) for values in stream(1))
+    else:
+        local = threading.local()
+
+        def work(values: Tensor) -> _Partial:
+            if not hasattr(local, "scratch"):
+                local.scratch = _Scratch()
+            return _window_partial(values, num_tasks, low, high, dtype, local.scratch)
+
+        parts = map_blocks(work, 1)
+    for part in parts:
+        seen += part.numel
+        total_mass += part.total
+        below_count += part.below_count
+        below_mass += part.below_mass
+        for t, values in enumerate(part.inside):
             if inside_count[t] <= cap:
                 inside_count[t] += inside[t].add(values)
     if seen != numel:
         raise ValueError(f"the stream yielded {seen} scalars per task, expected numel={numel}")
 
-    thresholds, sigma = [], []
-    for t in range(num_tasks):
-        rank = k - int(below_count[t])
-        if inside_count[t] > cap or not 0 < rank <= inside_count[t]:
-            return None  # the bracket missed the k-th value (or was too crowded): radix fallback
+    ranks = [k - int(below_count[t]) for t in range(num_tasks)]
+    if any(inside_count[t] > cap or not 0 < ranks[t] <= inside_count[t] for t in range(num_tasks)):
+        return None  # the bracket missed the k-th value (or was too crowded): radix fallback
+
+    def select(t: int) -> tuple[Tensor, float]:
         candidates = inside[t].values()
-        # numpy's introselect: the same k-th value as `kthvalue`, without its int64 index buffer.
-        kth = torch.from_numpy(np.partition(candidates.numpy(), rank - 1)[rank - 1 : rank].copy()).reshape(())
+        # numpy's introselect (it releases the GIL): the same k-th value as `kthvalue`, without
+        # its int64 index buffer.
+        kth = torch.from_numpy(np.partition(candidates.numpy(), ranks[t] - 1)[ranks[t] - 1 : ranks[t]].copy()).reshape(())
         removed = below_mass[t] + candidates[candidates < kth].sum(dtype=torch.float64)
-        thresholds.append(kth.clone())
-        sigma.append(float(removed / total_mass[t]) if total_mass[t] > 0 else 0.0)
-    return thresholds, sigma
+        return kth.clone(), float(removed / total_mass[t]) if total_mass[t] > 0 else 0.0
+
+    # Tasks are independent: spread over the stream's workers when it has them.
+    spread = getattr(map_blocks, "map_tasks", None) or (lambda fn, tasks: [fn(t) for t in tasks])
+    selected = list(spread(select, range(num_tasks)))
+    return [kth for kth, _ in selected], [ratio for _, ratio in selected]
 
 
 def _radix_select(

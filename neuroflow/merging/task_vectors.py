@@ -9,7 +9,10 @@ a threshold chosen in the statistics pass is compared against bit-identical valu
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TypeVar
 
 import torch
 from torch import Tensor
@@ -20,6 +23,8 @@ from neuroflow.merging.prefetch import ahead_stream
 from neuroflow.merging.select import TrimStatistics, streamed_trim_statistics
 from neuroflow.merging.sources import ExpertSource, as_task_vector, read_rows, read_strided, tensor_meta
 from neuroflow.merging.validation import MergeInputError, all_finite, check_values, non_float_message
+
+T = TypeVar("T")
 
 
 # Bytes (per task, in the compute dtype) of one row block: a tensor larger than this is read and
@@ -61,6 +66,9 @@ class TaskVectors:
         routing: the route of every tensor of `base`; tensors routed "skip" are not merged (every
             other tensor must be floating-point: `MergeInputError` otherwise).
     """
+
+    # Threads of the statistics passes (`map_chunks`); the streamed engine sets it from `threads`.
+    workers: int = 1
 
     def __init__(self, base: Mapping[str, Tensor], experts: ExpertSource, routing: Mapping[str, Route]) -> None:
         self.base = base
@@ -149,37 +157,78 @@ class TaskVectors:
             chunk_size: scalars per task in one block.
         """
         for name in self.names:
-            for flat_base, stored, is_task_vector in self._pieces(name, stride, chunk_size):
-                dtype = compute_dtype(flat_base.dtype)
-                fast = not is_task_vector and flat_base.is_floating_point() and flat_base.device.type == "cpu" and all(
-                    v.is_floating_point() and v.device.type == "cpu" for v in stored)
-                for start in range(0, flat_base.numel(), chunk_size):
-                    block_base = flat_base[start : start + chunk_size]
-                    block = self._empty((self.num_tasks, block_base.numel()), dtype)
-                    finite = fast
-                    if fast:
-                        # The upcast is exact and the subtraction rounds once, as in `as_task_vector`
-                        # (same values): bfloat16 in one compiled pass that also checks finiteness,
-                        # else with the base cast once per block instead of once per expert.
-                        base_c = None
-                        for i, values in enumerate(stored):
-                            piece = values[start : start + chunk_size]
-                            done = kernels.difference_into(block[i], piece, block_base)
-                            if done is not None:
-                                finite = finite and done
-                                continue
-                            finite = False
-                            if base_c is None:
-                                base_c = self._empty(tuple(block_base.shape), dtype).copy_(block_base)
-                            block[i].copy_(piece).sub_(base_c)
-                    else:
-                        for i, values in enumerate(stored):
-                            as_task_vector(values[start : start + chunk_size], block_base, dtype, is_task_vector, out=block[i])
-                    if name not in self._finite and not finite and not all_finite(block):
-                        check_values(self.base, self.experts, name)
-                    yield block
-            if stride == 1:
-                self._finite.add(name)
+            yield from self._chunks_of(name, stride, chunk_size)
+
+    def map_chunks(self, fn: Callable[[Tensor], T], workers: int, stride: int = 1, chunk_size: int = 1 << 18) -> Iterator[T]:
+        """`fn(block)` for every block of `chunks(stride)`, in the same order, computed by
+        `workers` threads that each build (read, subtract) and reduce whole tensors: no block
+        crosses between cores. Each thread runs torch and the compiled kernels on one thread.
+
+        Args:
+            fn: the per-block work (called on worker threads; it must not keep the block).
+            workers: threads (>= 1).
+            stride: take every `stride`-th scalar of each tensor (a sample when > 1).
+            chunk_size: scalars per task in one block.
+        """
+
+        def job(name: str) -> list[T]:
+            with torch.no_grad():
+                return [fn(block) for block in self._chunks_of(name, stride, chunk_size)]
+
+        before = torch.get_num_threads()
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="stats-worker",
+                                  initializer=torch.set_num_threads, initargs=(1,))
+        pending: deque[Future] = deque()
+        names = iter(self.names)
+        try:
+            torch.set_num_threads(1)
+            with kernels.threads(1):
+                # One tensor more than threads in flight: a worker never waits for the consumer.
+                for name in names:
+                    pending.append(pool.submit(job, name))
+                    if len(pending) > workers:
+                        yield from pending.popleft().result()
+                while pending:
+                    yield from pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()
+            pool.shutdown(wait=True)
+            torch.set_num_threads(before)
+
+    def _chunks_of(self, name: str, stride: int, chunk_size: int) -> Iterator[Tensor]:
+        """`chunks`' blocks of tensor `name`."""
+        for flat_base, stored, is_task_vector in self._pieces(name, stride, chunk_size):
+            dtype = compute_dtype(flat_base.dtype)
+            fast = not is_task_vector and flat_base.is_floating_point() and flat_base.device.type == "cpu" and all(
+                v.is_floating_point() and v.device.type == "cpu" for v in stored)
+            for start in range(0, flat_base.numel(), chunk_size):
+                block_base = flat_base[start : start + chunk_size]
+                block = self._empty((self.num_tasks, block_base.numel()), dtype)
+                finite = fast
+                if fast:
+                    # The upcast is exact and the subtraction rounds once, as in `as_task_vector`
+                    # (same values): bfloat16 in one compiled pass that also checks finiteness,
+                    # else with the base cast once per block instead of once per expert.
+                    base_c = None
+                    for i, values in enumerate(stored):
+                        piece = values[start : start + chunk_size]
+                        done = kernels.difference_into(block[i], piece, block_base)
+                        if done is not None:
+                            finite = finite and done
+                            continue
+                        finite = False
+                        if base_c is None:
+                            base_c = self._empty(tuple(block_base.shape), dtype).copy_(block_base)
+                        block[i].copy_(piece).sub_(base_c)
+                else:
+                    for i, values in enumerate(stored):
+                        as_task_vector(values[start : start + chunk_size], block_base, dtype, is_task_vector, out=block[i])
+                if name not in self._finite and not finite and not all_finite(block):
+                    check_values(self.base, self.experts, name)
+                yield block
+        if stride == 1:
+            self._finite.add(name)
 
     def _pieces(self, name: str, stride: int, chunk_size: int) -> Iterator[tuple[Tensor, list[Tensor], bool]]:
         """`(flat base, flat stored values per expert, stored are task vectors)` covering every
@@ -262,11 +311,29 @@ class TaskVectors:
         if mask_rate not in self._trim_cache:
             # Blocks are built (read, cast, subtracted) one ahead on a second core while the
             # selection reduces the current one.
+            # With several workers, each builds and reduces whole tensors on its own core instead.
+            workers = self.workers
             self._trim_cache[mask_rate] = streamed_trim_statistics(
                 ahead_stream(self.chunks),
                 num_tasks=self.num_tasks,
                 numel=self.numel,
                 mask_rate=mask_rate,
                 dtype=self.selection_dtype,
+                map_blocks=_WorkerMap(self, workers) if workers > 1 else None,
             )
         return self._trim_cache[mask_rate]
+
+
+class _WorkerMap:
+    """A `select.BlockMap` over a `TaskVectors`' chunks on `workers` threads, with `map_tasks` for
+    the per-task selections that follow the pass."""
+
+    def __init__(self, task_vectors: TaskVectors, workers: int) -> None:
+        self.task_vectors, self.workers = task_vectors, workers
+
+    def __call__(self, fn: Callable[[Tensor], T], stride: int) -> Iterator[T]:
+        return self.task_vectors.map_chunks(fn, self.workers, stride)
+
+    def map_tasks(self, fn: Callable[[int], T], tasks: Iterable[int]) -> list[T]:
+        with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="stats-select") as pool:
+            return list(pool.map(fn, tasks))

@@ -112,3 +112,25 @@ def _dict_experts(paths):
     from neuroflow.merging.sources import DictExperts
 
     return DictExperts([folder_state(p) for p in paths])
+
+
+def test_map_chunks_gives_every_block_in_order_from_worker_threads(llama) -> None:
+    import threading
+
+    from neuroflow.merging.routing import resolve_routing
+    from neuroflow.merging.task_vectors import TaskVectors
+
+    state = folder_state(llama["base"])
+    routing = resolve_routing(state)
+    vectors = TaskVectors(state, _dict_experts(llama["experts"]), routing)
+    threads = set()
+
+    def fn(block):
+        threads.add(threading.current_thread().name)
+        return block.clone()
+
+    mapped = list(vectors.map_chunks(fn, workers=2, chunk_size=1 << 10))
+    expected = list(vectors.chunks(chunk_size=1 << 10))
+    assert len(mapped) == len(expected) > len(vectors.names)
+    assert all(torch.equal(a, b) for a, b in zip(mapped, expected))
+    assert threads and all(name.startswith("stats-worker") for name in threads)

@@ -176,3 +176,24 @@ def test_blocks_wider_than_float32_counts_are_exact(monkeypatch) -> None:
     x = torch.rand(1, (1 << 24) + (1 << 17) + 1, generator=g)
     monkeypatch.setattr(select, "_radix_select", lambda *a: pytest.fail("the window select missed"))
     check_against_truth([x], 0.999, torch.float32)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])  # float64: the torch path on float32 blocks
+def test_window_select_with_a_block_map_gives_the_same_bits(dtype) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    g = torch.Generator().manual_seed(5)
+    tensors = [torch.randn(3, *shape, generator=g) for shape in [(300, 70), (5,), (1000, 130), (64,)]]
+    numel = sum(t[0].numel() for t in tensors)
+    stream = tensor_stream(tensors)
+
+    def threaded(fn, stride):
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            yield from pool.map(fn, stream(stride))
+
+    plain = streamed_trim_statistics(stream, 3, numel, 0.8, dtype=dtype)
+    mapped = streamed_trim_statistics(stream, 3, numel, 0.8, dtype=dtype, map_blocks=threaded)
+    assert plain.k == mapped.k and plain.sigma == mapped.sigma
+    assert all(torch.equal(a, b) for a, b in zip(plain.thresholds, mapped.thresholds))
+    flat = torch.cat([t.reshape(3, -1) for t in tensors], dim=1).abs().to(dtype)
+    assert torch.equal(mapped.thresholds[1], flat[1].kthvalue(plain.k).values)
