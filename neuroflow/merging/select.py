@@ -270,15 +270,17 @@ def _inside(magnitude: Tensor, low: Tensor, high: Tensor, scratch: _Scratch | No
     return [torch.from_numpy(row[keep]) for row, keep in zip(values, within)]
 
 
+@dataclass(slots=True)
 class _Partial:
     """One block's share of the window select's full pass: per-task sums to add (in the dtypes
     the sequential loop added them in, so the totals are the same bits in any arrangement of the
     work), and copies of the entries inside the bracket."""
 
-    __slots__ = ("numel", "total", "below_count", "below_mass", "inside")
-
-    def __init__(self, numel: int, total: Tensor, below_count: Tensor, below_mass: Tensor, inside: list[Tensor]) -> None:
-        self.numel, self.total, self.below_count, self.below_mass, self.inside = numel, total, below_count, below_mass, inside
+    numel: int
+    total: Tensor
+    below_count: Tensor
+    below_mass: Tensor
+    inside: list[Tensor]
 
 
 def _window_partial(values: Tensor, num_tasks: int, low: Tensor, high: Tensor, dtype: torch.dtype, scratch: _Scratch) -> _Partial:
