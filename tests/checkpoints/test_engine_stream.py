@@ -181,3 +181,11 @@ def test_workers_overlap_units_but_run_big_ones_alone(monkeypatch) -> None:
     method = Overlap()
     list(merge_stream(base, experts, method, threads=2))
     assert method.most == 1
+
+
+@pytest.mark.parametrize("method", [TaskArithmetic(), TIES(mask_rate=0.5)], ids=repr)  # merge pass, statistics pass
+def test_worker_errors_name_the_tensor_and_stop_the_merge(method) -> None:
+    base, experts = model(experts=3)
+    experts[1]["b.weight"][2, 3] = float("nan")
+    with pytest.raises(MergeInputError, match="b.weight"):
+        list(merge_stream(base, experts, method, threads=2))
