@@ -5,8 +5,8 @@ merged = merge_state_dicts(base, experts, NeuroMerging(mask_rate=0.8), routing=N
 stream = merge_stream(base, experts, TIES(), threads=2)   # validated, statistics gathered
 for name, tensor in stream: ...                           # merged tensors in base order
 ```
-The engine never holds more than one unit's task vectors at a time, plus the next unit's while it
-is prefetched, so experts can be streamed from disk. A unit is a tensor or, for tensors larger than
+The engine never holds more than one unit's task vectors at a time per thread, plus the next unit's
+while it is prefetched (see `threads.py` for how threads are used), so experts can be streamed from disk. A unit is a tensor or, for tensors larger than
 `task_vectors.ROW_BLOCK_BYTES` whose method is `separable` for their route, a block of rows read
 alone: O(T x max(block, largest whole-tensor unit)) extra memory, whatever the vocabulary size. The
 result has the keys, shapes and dtypes of `base` (and its tensors' devices; the arithmetic runs on
@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import math
 import os
-from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import closing, contextmanager
+from contextlib import closing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +35,7 @@ from neuroflow.merging.recycler import Recycler as _Recycler
 from neuroflow.merging.sources import DictExperts, ExpertSource, read_rows, tensor_meta
 from neuroflow.merging.steps import TieFallback
 from neuroflow.merging.task_vectors import block_rows, compute_dtype
+from neuroflow.merging.threads import intra_op_threads, ordered_map, share_cores, workers_for
 from neuroflow.merging.validation import MergeInputError, all_finite, validate_inputs
 
 Progress = Callable[[str], Any] | Any  # a callable taking the tensor name, or a tqdm-like `.update(n)`
@@ -79,54 +79,6 @@ def _tick(progress: Progress | None, name: str) -> None:
         progress.update(1)
     else:
         progress(name)
-
-
-def _share_cores(threads: int | None) -> bool:
-    """Whether the maths keep torch's own ops on one thread so that a reader thread can run beside
-    `threads` compiled-kernel threads that fill every core (see `_intra_op_threads`)."""
-    count = threads or torch.get_num_threads()
-    return kernels.enabled() and count >= (os.cpu_count() or 1) > 1
-
-
-@contextmanager
-def _intra_op_threads(threads: int | None) -> Iterator[None]:
-    """torch's intra-op thread count, and the compiled kernels', set to `threads` inside the block
-    (None: torch's left as it is, the kernels' following it).
-
-    When `threads` fill every core and the compiled kernels are in use, torch's own ops run on one
-    thread and only the kernels split over `threads`: an OpenMP team beside the reader thread
-    waits at every op's barrier for a descheduled worker (measured: 2 OpenMP threads + reader on 2
-    cores were slower than 1 thread), while the kernels' threads just share the cores with it."""
-    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
-        raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
-    share = _share_cores(threads)
-    if threads is None and not share:
-        with kernels.threads(None):
-            yield
-        return
-    count = threads or torch.get_num_threads()
-    before = torch.get_num_threads()
-    torch.set_num_threads(1 if share else count)
-    try:
-        with kernels.threads(count):
-            yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def _workers(threads: int | None, overlap: bool) -> int:
-    """Units (and statistics tensors) worked on at once. With the compiled kernels and 2 or more
-    threads, each thread takes whole units (read, subtract, merge or reduce) on one core of its
-    own: splitting every kernel over the cores, with a reader thread handing it the inputs, made 2
-    threads slower than 1 (each hand-off moves the unit's data between cores), while two 1-thread
-    merges side by side ran at full speed.
-
-    Args:
-        threads: the merge's `threads` (None: torch's setting).
-        overlap: whether work may overlap at all (the streamed merge's `prefetch`).
-    """
-    count = threads or torch.get_num_threads()
-    return count if overlap and count > 1 and kernels.enabled() else 1
 
 
 def _check_merged_finite(tensor: Tensor, name: str, method: MergeMethod) -> None:
@@ -282,16 +234,16 @@ class MergeStream:
         # team of `threads` workers competing with the maths for the same cores).
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="merge-prefetch", initializer=torch.set_num_threads, initargs=(1,))
         # A reader thread beside OpenMP maths threads that already occupy every core oversubscribes
-        # them (see `_intra_op_threads`); beside the compiled kernels' threads it does not.
+        # them (see `threads.intra_op_threads`); beside the compiled kernels' threads it does not.
         maths_threads = self.threads or torch.get_num_threads()
-        prefetch = self.prefetch and (maths_threads < (os.cpu_count() or 1) or _share_cores(self.threads))
+        prefetch = self.prefetch and (maths_threads < (os.cpu_count() or 1) or share_cores(self.threads))
         with torch.no_grad(), pool:
             pending: Future | None = None
             for index, (name, rows) in enumerate(work):
                 if pending is not None:
                     inputs = list(pending.result())
                 else:
-                    with _intra_op_threads(self.threads):
+                    with intra_op_threads(self.threads):
                         inputs = list(self._read(name, rows))
                 pending = None  # the future holds the inputs too
                 following = work[index + 1] if index + 1 < len(work) else None
@@ -300,49 +252,27 @@ class MergeStream:
                     # task-vector arithmetic overlap the method's maths.
                     pending = pool.submit(self._read, *following)
                 tie = None if rows is None else TieFallback()
-                with _intra_op_threads(self.threads):
+                with intra_op_threads(self.threads):
                     merged = self._merge_one(name, inputs, recycler, tie)
                 yield merged, tie
                 del merged
 
     def _workers(self) -> int:
-        return _workers(self.threads, self.prefetch)
+        return workers_for(self.threads, self.prefetch)
 
     def _units_merged_parallel(self, work: list, recycler: _Recycler | None, workers: int) -> Iterator[tuple[Tensor, TieFallback | None]]:
-        """`_units_merged` with `workers` threads, each reading and merging whole units with one
-        torch thread and unsplit kernels; results come back in `work`'s order. Units whose stacks
-        exceed `PREFETCH_BYTES` run alone, so the working set stays within `workers` x (T + 2) x
-        PREFETCH_BYTES or (T + 2) x the largest unit."""
+        """`_units_merged` on `workers` threads (`threads.ordered_map`), each reading and merging
+        whole units; results in `work`'s order. Units whose stacks exceed `PREFETCH_BYTES` run
+        alone, so the working set stays within `workers` x (T + 2) x PREFETCH_BYTES or (T + 2) x
+        the largest unit."""
 
-        def job(name: str, rows: tuple[int, int] | None) -> tuple[Tensor, TieFallback | None]:
+        def job(unit: tuple[str, tuple[int, int] | None]) -> tuple[Tensor, TieFallback | None]:
+            name, rows = unit
             tie = None if rows is None else TieFallback()
-            with torch.no_grad():  # grad mode is per thread
-                return self._merge_one(name, list(self._read(name, rows)), recycler, tie), tie
+            return self._merge_one(name, list(self._read(name, rows)), recycler, tie), tie
 
-        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="merge-worker", initializer=torch.set_num_threads, initargs=(1,))
-        pending: deque[tuple[Future, bool]] = deque()
-        following = iter(work)
-        waiting = next(following, None)
-        before = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            with kernels.threads(1):
-                while waiting is not None or pending:
-                    # Fill the pool: a big unit only into an empty one, nothing beside a big unit.
-                    while waiting is not None and len(pending) < workers:
-                        big = self._stack_bytes(*waiting) > PREFETCH_BYTES
-                        if pending and (big or pending[-1][1]):
-                            break
-                        pending.append((pool.submit(job, *waiting), big))
-                        waiting = next(following, None)
-                    merged, tie = pending.popleft()[0].result()
-                    yield merged, tie
-                    del merged
-        finally:
-            for future, _ in pending:
-                future.cancel()
-            pool.shutdown(wait=True)
-            torch.set_num_threads(before)
+        big = lambda unit: self._stack_bytes(*unit) > PREFETCH_BYTES  # noqa: E731
+        yield from ordered_map(job, work, workers, alone=big, name="merge-worker")
 
     def _finish_blocks(self, name: str, out: Tensor, tie: TieFallback, redo: list[tuple[int, int]], recycler: _Recycler | None) -> Tensor:
         """A tensor merged by row blocks: blocks that assumed the tie fallback +1 merged again
@@ -350,7 +280,7 @@ class MergeStream:
         if redo and tie.fallback <= 0:
             known = TieFallback(value=tie.fallback)
             for start, stop in redo:
-                with _intra_op_threads(self.threads):
+                with intra_op_threads(self.threads):
                     out[start:stop] = self._merge_one(name, list(self._read(name, (start, stop))), recycler, known)
         self.task_vectors.mark_checked(name)
         return out
@@ -394,12 +324,12 @@ def merge_stream(
     """
     if not isinstance(method, MergeMethod):
         raise TypeError(f"method must be a MergeMethod, got {type(method).__name__}")
-    with torch.no_grad(), _intra_op_threads(threads):
+    with torch.no_grad(), intra_op_threads(threads):
         source = experts if isinstance(experts, ExpertSource) else DictExperts(list(experts))
         routes = resolve_routing(base, routing, exclude)
         validate_inputs(base, source, routes, exclude)
         task_vectors = _StreamTaskVectors(base, source, routes)
-        task_vectors.workers = _workers(threads, prefetch)
+        task_vectors.workers = workers_for(threads, prefetch)
         if recycle:
             # Statistics passes go block by block (`TaskVectors.chunks`: T x 2^18 values): a small
             # pool keeps their buffers from being faulted in afresh for every block.

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -28,21 +28,16 @@ import torch
 from torch import Tensor
 
 from neuroflow.merging import kernels
+from neuroflow.merging.magnitude_stream import _INT_VIEW, Stream, _blocks, tensor_stream  # noqa: F401 (tensor_stream: re-exported)
+from neuroflow.merging.radix_select import radix_select
 from neuroflow.merging.steps import kth_index
 from neuroflow.merging.validation import check_range
 
-_DIGIT_BITS = 16
-# Entries per task processed at once, and buffered before one bincount call: bounds the
-# temporaries of a pass while keeping the full-width histogram cost amortised.
-_COLUMN_CHUNK = 1 << 18
 # Sample size per task of the window select, and the bracket's half-width in standard deviations
 # of the sample rank (plus a few ranks of slack): a miss only costs the radix fallback.
 _SAMPLE_SIZE = 1 << 16
 _WINDOW_SIGMAS = 6.0
 
-Stream = Callable[[int], Iterable[Tensor]]
-"""`stream(stride)` yields `(T, m)` blocks holding every `stride`-th scalar of every merged tensor."""
-_INT_VIEW = {torch.float32: torch.int32, torch.float64: torch.int64}
 
 
 @dataclass(frozen=True)
@@ -72,61 +67,6 @@ class TrimStatistics:
             "thresholds": [None if t is None else float(t) for t in self.thresholds],
             "sigma_per_task": list(self.sigma),
         }
-
-
-class _Histogram:
-    """Per-task counts and L1 mass per digit; small inputs are batched into one bincount call,
-    so a model of many small tensors does not pay a full-width histogram per tensor."""
-
-    def __init__(self, num_tasks: int, bins: int) -> None:
-        self.bins = bins
-        self.counts = torch.zeros(num_tasks, bins, dtype=torch.int64)
-        self.mass = torch.zeros(num_tasks, bins, dtype=torch.float64)
-        self.pending: list[list[tuple[Tensor, Tensor]]] = [[] for _ in range(num_tasks)]
-        self.pending_size = [0] * num_tasks
-
-    def add(self, task: int, digit: Tensor, magnitude: Tensor) -> None:
-        self.pending[task].append((digit, magnitude))
-        self.pending_size[task] += digit.numel()
-        if self.pending_size[task] >= _COLUMN_CHUNK:
-            self._flush(task)
-
-    def _flush(self, task: int) -> None:
-        if not self.pending[task]:
-            return
-        digits, magnitudes = zip(*self.pending[task])
-        digit = torch.cat([d.to(torch.int64) for d in digits]) if len(digits) > 1 else digits[0]
-        weight = torch.cat([m.to(torch.float64) for m in magnitudes]) if len(digits) > 1 else magnitudes[0].to(torch.float64)
-        self.counts[task] += torch.bincount(digit, minlength=self.bins)
-        self.mass[task] += torch.bincount(digit, weights=weight, minlength=self.bins)
-        self.pending[task], self.pending_size[task] = [], 0
-
-    def result(self) -> tuple[Tensor, Tensor]:
-        for task in range(len(self.pending)):
-            self._flush(task)
-        return self.counts, self.mass
-
-
-def _levels(dtype: torch.dtype) -> list[tuple[int, int]]:
-    """(shift, width) of each radix digit, most significant first; the sign bit is always 0."""
-    value_bits = torch.finfo(dtype).bits - 1
-    shifts = list(range(0, value_bits, _DIGIT_BITS))[::-1]
-    return [(s, min(_DIGIT_BITS, value_bits - s)) for s in shifts]
-
-
-def tensor_stream(tensors: Sequence[Tensor]) -> Stream:
-    """A `Stream` over in-memory tensors, each `(T, ...)` (task values stacked on dim 0; empty
-    tensors yield empty blocks, which count for nothing).
-
-    Args:
-        tensors: the per-tensor task values.
-    """
-
-    def stream(stride: int = 1) -> Iterable[Tensor]:
-        for values in tensors:
-            yield values.detach().reshape(values.shape[0], -1)[:, ::stride]
-
-    return stream
 
 
 def streamed_trim_statistics(
@@ -166,21 +106,6 @@ def streamed_trim_statistics(
         found = _radix_select(stream, num_tasks, numel, k, dtype)
     thresholds, sigma = found
     return TrimStatistics(mask_rate, numel, k, thresholds, sigma)
-
-
-def _blocks(stream: Stream, stride: int, num_tasks: int, dtype: torch.dtype, scratch: _Scratch | None = None) -> Iterable[Tensor]:
-    """The stream's blocks as magnitudes in `dtype`, checked for their task count. With `scratch`,
-    every block is written into the same buffer: the caller must be done with one block before
-    asking for the next."""
-    for values in stream(stride):
-        if values.shape[0] != num_tasks:
-            raise ValueError(f"expected {num_tasks} task rows, got shape {tuple(values.shape)}")
-        flat = values.detach().reshape(num_tasks, -1)
-        if scratch is None or flat.device.type != "cpu":
-            yield flat.abs().to(dtype).contiguous()
-            continue
-        out = scratch.get("magnitude", tuple(flat.shape), dtype)
-        yield torch.abs(flat, out=out) if flat.dtype == dtype else out.copy_(flat).abs_()
 
 
 class _Scratch:
@@ -375,48 +300,6 @@ def _window_select(
 def _radix_select(
     stream: Stream, num_tasks: int, numel: int, k: int, dtype: torch.dtype
 ) -> tuple[list[Tensor], list[float]]:
-    """Exact selection by 16-bit digits of the magnitudes' bit patterns (2 or 4 passes)."""
-    int_dtype = _INT_VIEW[dtype]
-    value_bits = torch.finfo(dtype).bits - 1
-    prefix = torch.zeros(num_tasks, dtype=torch.int64)  # bits above the current digit
-    rank = torch.full((num_tasks,), k, dtype=torch.int64)  # rank still to find inside the prefix
-    mass_below = torch.zeros(num_tasks, dtype=torch.float64)
-    total_mass = torch.zeros(num_tasks, dtype=torch.float64)
-
-    for level, (shift, width) in enumerate(_levels(dtype)):
-        bins = 1 << width
-        histogram = _Histogram(num_tasks, bins)
-        prefixes = prefix.tolist()
-        seen = 0
-        for block in _blocks(stream, 1, num_tasks, dtype):
-            seen += block.shape[1]
-            for start in range(0, block.shape[1], _COLUMN_CHUNK):
-                for t in range(num_tasks):
-                    magnitude = block[t, start : start + _COLUMN_CHUNK]
-                    bits = magnitude.view(int_dtype)
-                    if level > 0:
-                        # Only entries inside the bucket chosen so far can hold the k-th value.
-                        match = (bits >> (shift + width)) == prefixes[t]
-                        bits, magnitude = bits[match], magnitude[match]
-                    digit = bits >> shift
-                    if shift + width < value_bits:
-                        digit = digit & (bins - 1)
-                    histogram.add(t, digit, magnitude)
-        if seen != numel:
-            raise ValueError(f"the stream yielded {seen} scalars per task, expected numel={numel}")
-        counts, mass = histogram.result()
-        if level == 0:
-            total_mass = mass.sum(dim=1)
-        cumulative = counts.cumsum(dim=1)
-        # First bucket whose cumulative count reaches the rank still to find.
-        bucket = torch.searchsorted(cumulative, rank[:, None]).squeeze(1)
-        before = torch.where(bucket > 0, cumulative.gather(1, (bucket - 1).clamp(min=0)[:, None]).squeeze(1), 0)
-        rank -= before
-        below = torch.arange(bins)[None, :] < bucket[:, None]
-        mass_below += torch.where(below, mass, 0.0).sum(dim=1)
-        prefix = (prefix << width) | bucket
-
-    bits = prefix.to(int_dtype)
-    thresholds = [bits[t].view(dtype).clone() for t in range(num_tasks)]
-    sigma = [float(m / tot) if tot > 0 else 0.0 for m, tot in zip(mass_below, total_mass)]
-    return thresholds, sigma
+    """The window select's fallback: `radix_select.radix_select` (a name here, so tests can count
+    the fallbacks)."""
+    return radix_select(stream, num_tasks, numel, k, dtype)

@@ -9,9 +9,8 @@ a threshold chosen in the statistics pass is compared against bit-identical valu
 from __future__ import annotations
 
 import math
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 import torch
@@ -22,6 +21,7 @@ from neuroflow.merging.routing import Route
 from neuroflow.merging.prefetch import ahead_stream
 from neuroflow.merging.select import TrimStatistics, streamed_trim_statistics
 from neuroflow.merging.sources import ExpertSource, as_task_vector, read_rows, read_strided, tensor_meta
+from neuroflow.merging.threads import ordered_map
 from neuroflow.merging.validation import MergeInputError, all_finite, check_values, non_float_message
 
 T = TypeVar("T")
@@ -172,29 +172,11 @@ class TaskVectors:
         """
 
         def job(name: str) -> list[T]:
-            with torch.no_grad():
-                return [fn(block) for block in self._chunks_of(name, stride, chunk_size)]
+            return [fn(block) for block in self._chunks_of(name, stride, chunk_size)]
 
-        before = torch.get_num_threads()
-        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="stats-worker",
-                                  initializer=torch.set_num_threads, initargs=(1,))
-        pending: deque[Future] = deque()
-        names = iter(self.names)
-        try:
-            torch.set_num_threads(1)
-            with kernels.threads(1):
-                # One tensor more than threads in flight: a worker never waits for the consumer.
-                for name in names:
-                    pending.append(pool.submit(job, name))
-                    if len(pending) > workers:
-                        yield from pending.popleft().result()
-                while pending:
-                    yield from pending.popleft().result()
-        finally:
-            for future in pending:
-                future.cancel()
-            pool.shutdown(wait=True)
-            torch.set_num_threads(before)
+        # One tensor more than threads in flight: a worker never waits for the consumer.
+        for results in ordered_map(job, self.names, workers, ahead=1, name="stats-worker"):
+            yield from results
 
     def _chunks_of(self, name: str, stride: int, chunk_size: int) -> Iterator[Tensor]:
         """`chunks`' blocks of tensor `name`."""

@@ -143,14 +143,15 @@ def test_everything_excluded_copies_the_base() -> None:
 def test_threads_filling_every_core_leave_torch_ops_on_one(monkeypatch, threads, cores, torch_threads, kernel_threads) -> None:
     """With the compiled kernels on, `threads` >= cores keeps torch's own ops on one thread (so the
     reader thread does not stall an OpenMP team) while the kernels split over `threads`."""
-    from neuroflow.merging import engine, kernels
+    from neuroflow.merging import kernels
+    from neuroflow.merging import threads as threads_module
 
     if not kernels.enabled():
         pytest.skip("numba not installed")
-    monkeypatch.setattr(engine.os, "cpu_count", lambda: cores)
+    monkeypatch.setattr(threads_module.os, "cpu_count", lambda: cores)
     before = torch.get_num_threads()
-    with engine._intra_op_threads(threads):
+    with threads_module.intra_op_threads(threads):
         assert torch.get_num_threads() == torch_threads
         assert kernels._THREADS == kernel_threads
     assert torch.get_num_threads() == before
-    assert engine._share_cores(threads) == (threads >= cores > 1)
+    assert threads_module.share_cores(threads) == (threads >= cores > 1)

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+import neuroflow.merging.radix_select as radix_select
 import neuroflow.merging.select as select
 from neuroflow.merging.select import streamed_trim_statistics, tensor_stream
 
@@ -131,7 +132,7 @@ def test_chunk_boundaries_do_not_change_the_result(monkeypatch) -> None:
     tensors = awkward_tensors(torch.float32, seed=3)
     stream, numel = tensor_stream(tensors), numel_of(tensors)
     whole = streamed_trim_statistics(stream, num_tasks=3, numel=numel, mask_rate=0.7, strategy="radix")
-    monkeypatch.setattr(select, "_COLUMN_CHUNK", 53)
+    monkeypatch.setattr(radix_select, "_COLUMN_CHUNK", 53)
     chunked = streamed_trim_statistics(stream, num_tasks=3, numel=numel, mask_rate=0.7, strategy="radix")
     assert all(torch.equal(a, b) for a, b in zip(whole.thresholds, chunked.thresholds))
     assert chunked.sigma == pytest.approx(whole.sigma, rel=1e-12)
