@@ -226,7 +226,7 @@ class MergeStream:
         """`(merged tensor or rows, the row block's TieFallback)` per unit, merged on this thread
         with `threads` intra-op threads; the next unit's inputs are read ahead by a prefetch thread
         when a core is free for it."""
-        workers = self._workers()
+        workers = self.task_vectors.workers
         if workers > 1:
             yield from self._units_merged_parallel(work, recycler, workers)
             return
@@ -256,9 +256,6 @@ class MergeStream:
                     merged = self._merge_one(name, inputs, recycler, tie)
                 yield merged, tie
                 del merged
-
-    def _workers(self) -> int:
-        return workers_for(self.threads, self.prefetch)
 
     def _units_merged_parallel(self, work: list, recycler: _Recycler | None, workers: int) -> Iterator[tuple[Tensor, TieFallback | None]]:
         """`_units_merged` on `workers` threads (`threads.ordered_map`), each reading and merging
@@ -324,12 +321,15 @@ def merge_stream(
     """
     if not isinstance(method, MergeMethod):
         raise TypeError(f"method must be a MergeMethod, got {type(method).__name__}")
+    # Counted before `intra_op_threads`, which may hold torch to one thread (threads=None would
+    # then count 1): both passes use the same number of workers.
+    workers = workers_for(threads, prefetch)
     with torch.no_grad(), intra_op_threads(threads):
         source = experts if isinstance(experts, ExpertSource) else DictExperts(list(experts))
         routes = resolve_routing(base, routing, exclude)
         validate_inputs(base, source, routes, exclude)
         task_vectors = _StreamTaskVectors(base, source, routes)
-        task_vectors.workers = workers_for(threads, prefetch)
+        task_vectors.workers = workers
         if recycle:
             # Statistics passes go block by block (`TaskVectors.chunks`: T x 2^18 values): a small
             # pool keeps their buffers from being faulted in afresh for every block.

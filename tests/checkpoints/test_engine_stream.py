@@ -139,7 +139,7 @@ def test_parallel_workers_give_the_sequential_merge(method, threads) -> None:
     base, experts = model(experts=4)
     expected = merge(base, experts, method)
     stream = merge_stream(base, experts, method, threads=threads)
-    assert stream._workers() == (threads if kernels.enabled() else 1)
+    assert stream.task_vectors.workers == (threads if kernels.enabled() else 1)
     got = dict(stream)
     assert list(got) == list(base)
     assert all(torch.equal(got[n], expected.state_dict[n]) for n in base)
@@ -181,6 +181,31 @@ def test_workers_overlap_units_but_run_big_ones_alone(monkeypatch) -> None:
     method = Overlap()
     list(merge_stream(base, experts, method, threads=2))
     assert method.most == 1
+
+
+def test_no_thread_count_gives_both_passes_every_torch_thread(monkeypatch) -> None:
+    # threads=None once counted torch's threads inside `intra_op_threads`, which holds torch to one
+    # thread when the kernels share the cores: the statistics pass then ran on one worker.
+    from neuroflow.merging import kernels
+    from neuroflow.merging.task_vectors import TaskVectors
+
+    if not kernels.enabled():
+        pytest.skip("workers need the compiled kernels")
+    calls = []
+    original = TaskVectors.map_chunks
+    monkeypatch.setattr(TaskVectors, "map_chunks", lambda self, fn, workers, *a, **k: calls.append(workers) or original(self, fn, workers, *a, **k))
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        base, experts = model(experts=3)
+        stream = merge_stream(base, experts, TIES(mask_rate=0.5), threads=None)
+        got = dict(stream)
+    finally:
+        torch.set_num_threads(before)
+    assert calls and set(calls) == {2}  # the statistics pass
+    assert stream.task_vectors.workers == 2  # the merge pass
+    assert all(torch.equal(got[n], merge(base, experts, TIES(mask_rate=0.5)).state_dict[n]) for n in base)
 
 
 @pytest.mark.parametrize("method", [TaskArithmetic(), TIES(mask_rate=0.5)], ids=repr)  # merge pass, statistics pass
