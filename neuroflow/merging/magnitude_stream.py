@@ -29,16 +29,24 @@ def tensor_stream(tensors: Sequence[Tensor]) -> Stream:
     return stream
 
 
+def task_rows(values: Tensor, num_tasks: int) -> Tensor:
+    """A stream block as `(T, m)`, checked for its task count."""
+    if values.shape[0] != num_tasks:
+        raise ValueError(f"expected {num_tasks} task rows, got shape {tuple(values.shape)}")
+    return values.detach().reshape(num_tasks, -1)
+
+
+def magnitudes(flat: Tensor, dtype: torch.dtype, scratch: Any = None) -> Tensor:
+    """`|flat|` in `dtype`; with `scratch` (a `select._Scratch`), written into its reused buffer."""
+    if scratch is None or flat.device.type != "cpu":
+        return flat.abs().to(dtype).contiguous()
+    out = scratch.get("magnitude", tuple(flat.shape), dtype)
+    return torch.abs(flat, out=out) if flat.dtype == dtype else out.copy_(flat).abs_()
+
+
 def _blocks(stream: Stream, stride: int, num_tasks: int, dtype: torch.dtype, scratch: Any = None) -> Iterable[Tensor]:
-    """The stream's blocks as magnitudes in `dtype`, checked for their task count. With `scratch`
-    (a `select._Scratch`), every block is written into the same buffer: the caller must be done
-    with one block before asking for the next."""
+    """The stream's blocks as magnitudes in `dtype`, checked for their task count. With `scratch`,
+    every block is written into the same buffer: the caller must be done with one block before
+    asking for the next."""
     for values in stream(stride):
-        if values.shape[0] != num_tasks:
-            raise ValueError(f"expected {num_tasks} task rows, got shape {tuple(values.shape)}")
-        flat = values.detach().reshape(num_tasks, -1)
-        if scratch is None or flat.device.type != "cpu":
-            yield flat.abs().to(dtype).contiguous()
-            continue
-        out = scratch.get("magnitude", tuple(flat.shape), dtype)
-        yield torch.abs(flat, out=out) if flat.dtype == dtype else out.copy_(flat).abs_()
+        yield magnitudes(task_rows(values, num_tasks), dtype, scratch)

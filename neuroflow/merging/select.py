@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from neuroflow.merging import kernels
-from neuroflow.merging.magnitude_stream import _INT_VIEW, Stream, _blocks, tensor_stream  # noqa: F401 (tensor_stream: re-exported)
+from neuroflow.merging.magnitude_stream import _INT_VIEW, Stream, _blocks, magnitudes, task_rows, tensor_stream  # noqa: F401 (tensor_stream: re-exported)
 from neuroflow.merging.radix_select import radix_select
 from neuroflow.merging.steps import kth_index
 from neuroflow.merging.validation import check_range
@@ -103,7 +103,7 @@ def streamed_trim_statistics(
         return TrimStatistics(mask_rate, numel, 0, [None] * num_tasks, [0.0] * num_tasks)
     found = _window_select(stream, num_tasks, numel, k, dtype, map_blocks) if strategy == "auto" else None
     if found is None:
-        found = _radix_select(stream, num_tasks, numel, k, dtype)
+        found = radix_select(stream, num_tasks, numel, k, dtype)
     thresholds, sigma = found
     return TrimStatistics(mask_rate, numel, k, thresholds, sigma)
 
@@ -137,7 +137,7 @@ def _bracket(stream: Stream, num_tasks: int, numel: int, k: int, dtype: torch.dt
     if map_blocks is None:
         blocks = list(_blocks(stream, stride, num_tasks, dtype))
     else:  # the same magnitudes, each block read on a worker
-        blocks = list(map_blocks(lambda values: next(iter(_blocks(lambda _: [values], 1, num_tasks, dtype))), stride))
+        blocks = list(map_blocks(lambda values: magnitudes(task_rows(values, num_tasks), dtype), stride))
     if not blocks:  # a stream short of `numel`: the full pass reports it
         return torch.zeros(num_tasks, dtype=dtype), torch.full((num_tasks,), math.inf, dtype=dtype), numel
     sample = torch.cat(blocks, dim=1)
@@ -210,9 +210,7 @@ class _Partial:
 
 def _window_partial(values: Tensor, num_tasks: int, low: Tensor, high: Tensor, dtype: torch.dtype, scratch: _Scratch) -> _Partial:
     """The full pass's work on one block (safe to run on any thread with its own `scratch`)."""
-    if values.shape[0] != num_tasks:
-        raise ValueError(f"expected {num_tasks} task rows, got shape {tuple(values.shape)}")
-    flat = values.detach().reshape(num_tasks, -1)
+    flat = task_rows(values, num_tasks)
     if flat.dtype == dtype:
         total = torch.zeros(num_tasks, dtype=torch.float64)
         below_count = torch.zeros(num_tasks, dtype=torch.int64)
@@ -224,7 +222,7 @@ def _window_partial(values: Tensor, num_tasks: int, low: Tensor, high: Tensor, d
         if found is not None:
             inside = [window[t, :count].clone() for t, count in enumerate(found.tolist())]
             return _Partial(flat.shape[1], total, below_count, below_mass, inside)
-    magnitude = next(_blocks(lambda _: [flat], 1, num_tasks, dtype, scratch))
+    magnitude = magnitudes(flat, dtype, scratch)
     # Block sums in the block's dtype (much faster than a float64 reduction), accumulated in
     # float64 across blocks: sigma_t is exact to a few float32 ulps.
     total = magnitude.sum(dim=1)
@@ -296,10 +294,3 @@ def _window_select(
     selected = list(spread(select, range(num_tasks)))
     return [kth for kth, _ in selected], [ratio for _, ratio in selected]
 
-
-def _radix_select(
-    stream: Stream, num_tasks: int, numel: int, k: int, dtype: torch.dtype
-) -> tuple[list[Tensor], list[float]]:
-    """The window select's fallback: `radix_select.radix_select` (a name here, so tests can count
-    the fallbacks)."""
-    return radix_select(stream, num_tasks, numel, k, dtype)

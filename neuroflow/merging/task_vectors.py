@@ -291,9 +291,10 @@ class TaskVectors:
             mask_rate: fraction of entries dropped by magnitude, in [0, 1].
         """
         if mask_rate not in self._trim_cache:
-            # Blocks are built (read, cast, subtracted) one ahead on a second core while the
-            # selection reduces the current one.
-            # With several workers, each builds and reduces whole tensors on its own core instead.
+            # One worker: blocks are built (read, cast, subtracted) one ahead on a second core
+            # while the selection reduces the current one. Several: the window select's passes
+            # go through `map_blocks`, each worker building and reducing whole tensors on its own
+            # core; the read-ahead stream then serves only the radix fallback.
             workers = self.workers
             self._trim_cache[mask_rate] = streamed_trim_statistics(
                 ahead_stream(self.chunks),

@@ -79,13 +79,13 @@ def test_sampled_window_path(monkeypatch, mask_rate: float) -> None:
 
 def test_window_misses_fall_back_to_radix(monkeypatch) -> None:
     calls = []
-    radix = select._radix_select
+    radix = select.radix_select
 
     def counting_radix(*args):
         calls.append(1)
         return radix(*args)
 
-    monkeypatch.setattr(select, "_radix_select", counting_radix)
+    monkeypatch.setattr(select, "radix_select", counting_radix)
     # A bracket above every value: the full pass finds the k-th value below it and must fall back.
     monkeypatch.setattr(select, "_bracket", lambda *a: (torch.full((2,), 50.0), torch.full((2,), 60.0), 10))
     tensors = [torch.randn(2, 1000, generator=torch.Generator().manual_seed(1))]
@@ -98,8 +98,8 @@ def test_crowded_window_falls_back_to_radix(monkeypatch) -> None:
     monkeypatch.setattr(select, "_SAMPLE_SIZE", 4096)
     tensors = [torch.full((2, 400000), -0.25)]
     calls = []
-    radix = select._radix_select
-    monkeypatch.setattr(select, "_radix_select", lambda *a: calls.append(1) or radix(*a))
+    radix = select.radix_select
+    monkeypatch.setattr(select, "radix_select", lambda *a: calls.append(1) or radix(*a))
     check_against_truth(tensors, 0.5, torch.float32)
     assert calls
 
@@ -175,7 +175,7 @@ def test_blocks_wider_than_float32_counts_are_exact(monkeypatch) -> None:
     # A regression net for wide blocks: float32 sums happen to round exactly on this input too.
     g = torch.Generator().manual_seed(3)
     x = torch.rand(1, (1 << 24) + (1 << 17) + 1, generator=g)
-    monkeypatch.setattr(select, "_radix_select", lambda *a: pytest.fail("the window select missed"))
+    monkeypatch.setattr(select, "radix_select", lambda *a: pytest.fail("the window select missed"))
     check_against_truth([x], 0.999, torch.float32)
 
 
