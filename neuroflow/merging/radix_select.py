@@ -8,6 +8,7 @@ for float32, 4 for float64), accumulating the L1 mass below on the way.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -107,3 +108,30 @@ def radix_select(
     thresholds = [bits[t].view(dtype).clone() for t in range(num_tasks)]
     sigma = [float(m / tot) if tot > 0 else 0.0 for m, tot in zip(mass_below, total_mass)]
     return thresholds, sigma
+
+
+def kth_smallest(values: Tensor, rank: int) -> Tensor:
+    """The `rank`-th smallest (1-based) of non-negative, non-NaN CPU floats, as a 0-d tensor of
+    their dtype (the same value as `kthvalue`).
+
+    When the values' bit patterns span no more integers than there are values, they are counted
+    in one histogram over that span: the window select's candidates are task values of bfloat16
+    checkpoints, millions of entries with a few thousand distinct values, where numpy's
+    introselect ran 10-15x slower (0.3-0.4 s per task at 210M parameters). Otherwise introselect.
+
+    Args:
+        values: 1-D, float32 or float64.
+        rank: in [1, values.numel()].
+    """
+    array = values.detach().contiguous().numpy()
+    if not 1 <= rank <= array.size:
+        raise ValueError(f"rank {rank} outside [1, {array.size}]")
+    bits = array.view(f"int{8 * array.itemsize}")
+    low, high = int(bits.min()), int(bits.max())
+    if high - low < max(array.size, 1 << 16):
+        counts = np.bincount((bits - bits.dtype.type(low)).astype(np.intp), minlength=high - low + 1)
+        index = int(np.searchsorted(np.cumsum(counts), rank))  # first bucket reaching the rank
+        kth = np.array([low + index], dtype=bits.dtype).view(array.dtype)
+    else:
+        kth = np.partition(array, rank - 1)[rank - 1 : rank].copy()
+    return torch.from_numpy(kth).reshape(())

@@ -29,7 +29,7 @@ from torch import Tensor
 
 from neuroflow.merging import kernels
 from neuroflow.merging.magnitude_stream import _INT_VIEW, Stream, _blocks, magnitudes, task_rows, tensor_stream  # noqa: F401 (tensor_stream: re-exported)
-from neuroflow.merging.radix_select import radix_select
+from neuroflow.merging.radix_select import kth_smallest, radix_select
 from neuroflow.merging.steps import kth_index
 from neuroflow.merging.validation import check_range
 
@@ -283,9 +283,7 @@ def _window_select(
 
     def select(t: int) -> tuple[Tensor, float]:
         candidates = inside[t].values()
-        # numpy's introselect (it releases the GIL): the same k-th value as `kthvalue`, without
-        # its int64 index buffer.
-        kth = torch.from_numpy(np.partition(candidates.numpy(), ranks[t] - 1)[ranks[t] - 1 : ranks[t]].copy()).reshape(())
+        kth = kth_smallest(candidates, ranks[t])
         removed = below_mass[t] + candidates[candidates < kth].sum(dtype=torch.float64)
         return kth.clone(), float(removed / total_mass[t]) if total_mass[t] > 0 else 0.0
 

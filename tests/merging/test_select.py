@@ -198,3 +198,33 @@ def test_window_select_with_a_block_map_gives_the_same_bits(dtype) -> None:
     assert all(torch.equal(a, b) for a, b in zip(plain.thresholds, mapped.thresholds))
     flat = torch.cat([t.reshape(3, -1) for t in tensors], dim=1).abs().to(dtype)
     assert torch.equal(mapped.thresholds[1], flat[1].kthvalue(plain.k).values)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_kth_smallest_counts_few_distinct_values_and_agrees_with_kthvalue(dtype, monkeypatch) -> None:
+    g = torch.Generator().manual_seed(3)
+    # Like the window's candidates: many values with few distinct bit patterns, spanning fewer
+    # integers than there are values (the counting path) ...
+    few = 1 + torch.randint(0, 3000, (100_000,), generator=g).to(dtype) * torch.finfo(dtype).eps
+    # ... and spread-out values whose patterns span far more (introselect), with zeros, a
+    # subnormal and inf mixed in.
+    spread = torch.cat([torch.rand(5_000, generator=g, dtype=dtype) * 1e6, torch.zeros(7, dtype=dtype),
+                        torch.tensor([torch.finfo(dtype).tiny / 4, math.inf], dtype=dtype)])
+    partition = radix_select.np.partition
+    for values, counted in ((few, True), (spread, False)):
+        calls = []
+        monkeypatch.setattr(radix_select.np, "partition", lambda *a: calls.append(1) or partition(*a))
+        for rank in (1, 2, values.numel() // 3, values.numel() - 1, values.numel()):
+            got = radix_select.kth_smallest(values, rank)
+            assert got.dtype == dtype and got.dim() == 0
+            assert torch.equal(got, values.kthvalue(rank).values), rank
+        assert bool(calls) != counted
+
+
+def test_kth_smallest_of_equal_values_and_bad_ranks() -> None:
+    same = torch.full((10,), 0.5)
+    assert radix_select.kth_smallest(same, 1).item() == 0.5 and radix_select.kth_smallest(same, 10).item() == 0.5
+    assert radix_select.kth_smallest(torch.tensor([3.0, 1.0, 2.0]), 2).item() == 2.0
+    for rank in (0, 4):
+        with pytest.raises(ValueError, match="rank"):
+            radix_select.kth_smallest(torch.tensor([3.0, 1.0, 2.0]), rank)
