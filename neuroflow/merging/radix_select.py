@@ -123,10 +123,10 @@ def kth_smallest(values: Tensor, rank: int) -> Tensor:
         values: 1-D, float32 or float64.
         rank: in [1, values.numel()].
     """
-    array = values.detach().contiguous().numpy()
+    values = values.detach().contiguous()
+    array, bits = values.numpy(), values.view(_INT_VIEW[values.dtype]).numpy()
     if not 1 <= rank <= array.size:
         raise ValueError(f"rank {rank} outside [1, {array.size}]")
-    bits = array.view(f"int{8 * array.itemsize}")
     low, high = int(bits.min()), int(bits.max())
     if high - low < max(array.size, 1 << 16):
         counts = np.bincount((bits - bits.dtype.type(low)).astype(np.intp), minlength=high - low + 1)
