@@ -207,13 +207,15 @@ def _write(base_ref, base, source, readers, facts, report, method, out, max_shar
         planned = {name: dtype_ for name, _, dtype_ in plan}
         # The writer thread copies each merged tensor into the page cache while the next one is
         # merged (at 210M the copies cost 0.6-1.4 CPU s, most of it the kernel handing out pages).
+        # Tensors merged by row blocks are written block by block, never assembled.
         with behind(lambda item: writer.write(*item)) as write:
-            for name, tensor in stream:
-                if name in report.extra_rows:
+            for name, start, tensor, last in stream.pieces():
+                extra = last and name in report.extra_rows
+                write.put((name, tensor.to(planned[name]), start, last and not extra))
+                if extra:  # a resized vocabulary: the rows only one expert has, after the shared ones
                     owner, _ = report.extra_rows[name]
-                    extra = readers[owner][name][report.rows[name]:]
-                    tensor = torch.cat([tensor, extra.to(tensor.dtype)])
-                write.put((name, tensor.to(planned[name])))
+                    rows = report.rows[name]
+                    write.put((name, readers[owner][name][rows:].to(tensor.dtype).to(planned[name]), rows, True))
                 del tensor
         writer.close()
         written_dtype = out_dtype or next((d for _, _, d in plan if d.is_floating_point), torch.float32)

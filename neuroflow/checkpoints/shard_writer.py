@@ -138,6 +138,7 @@ class ShardWriter:
         self._left = [len(members) for members in shards]
         self._written: set[str] = set()
         self._done: set[int] = set()
+        self._rows: dict[str, dict[int, int]] = {}  # blocks written so far: start -> stop
 
     def _fd(self, shard: int) -> int:
         if shard not in self._fds:
@@ -148,34 +149,58 @@ class ShardWriter:
             self._fds[shard] = fd
         return self._fds[shard]
 
-    def write(self, name: str, tensor: Tensor) -> None:
-        """Write one planned tensor (on the CPU, with the planned shape and dtype).
+    def write(self, name: str, tensor: Tensor, start: int = 0, last: bool = True) -> None:
+        """Write one planned tensor (on the CPU, with the planned dtype), or a block of its rows.
+
+        A tensor may come in blocks of rows, in any order, a block again to replace it; the one
+        with `last` set completes the tensor, and every row must have been written by then.
 
         Args:
             name: the tensor name.
-            tensor: its value.
+            tensor: its value (the planned shape), or rows `start : start + len(tensor)` of it.
+            start: the first row `tensor` holds (0 for the whole tensor).
+            last: the tensor's final block (True for a whole tensor).
         """
         slot = self._slots.get(name)
         if slot is None:
             raise CheckpointError(f"tensor {name!r} was not planned for this output")
         if name in self._written:
             raise CheckpointError(f"tensor {name!r} written twice")
-        if tuple(tensor.shape) != slot.shape or tensor.dtype != slot.dtype:
-            raise CheckpointError(
-                f"tensor {name!r}: got {tensor.dtype} {tuple(tensor.shape)}, planned {slot.dtype} {slot.shape}"
-            )
+        whole = start == 0 and tuple(tensor.shape) == slot.shape
+        rows_fit = bool(slot.shape) and tuple(tensor.shape[1:]) == slot.shape[1:] and 0 <= start <= start + tensor.shape[0] <= slot.shape[0]
+        if tensor.dtype != slot.dtype or not (whole or rows_fit):
+            got = f"{tensor.dtype} {tuple(tensor.shape)}" + ("" if start == 0 else f" at row {start}")
+            raise CheckpointError(f"tensor {name!r}: got {got}, planned {slot.dtype} {slot.shape}")
         fd = self._fd(slot.shard)
-        if slot.nbytes:
+        nbytes = tensor.numel() * tensor.element_size()
+        if nbytes:
+            offset = slot.offset + start * (slot.nbytes // slot.shape[0] if slot.shape else 0)
             data = memoryview(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
             done = 0
-            while done < slot.nbytes:
-                done += os.pwrite(fd, data[done:], slot.offset + done)
+            while done < nbytes:
+                done += os.pwrite(fd, data[done:], offset + done)
+        if not whole or not last:
+            self._rows.setdefault(name, {})[start] = start + tensor.shape[0]
+        if not last:
+            return
+        if name in self._rows:
+            self._check_rows(name, slot.shape[0])
         self._written.add(name)
         self._left[slot.shard] -= 1
         if self._left[slot.shard] == 0:
             os.fsync(fd)
             os.close(self._fds.pop(slot.shard))
             self._done.add(slot.shard)
+
+    def _check_rows(self, name: str, rows: int) -> None:
+        """Every row of `name` was written by one of its blocks."""
+        covered = 0
+        for start, stop in sorted(self._rows.pop(name).items()):
+            if start > covered:
+                break
+            covered = max(covered, stop)
+        if covered < rows:
+            raise CheckpointError(f"tensor {name!r}: rows from {covered} of {rows} were never written")
 
     def close(self) -> dict[str, str]:
         """Finish: every planned tensor must have been written; writes the index when sharded.

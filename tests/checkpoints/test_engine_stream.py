@@ -168,7 +168,7 @@ class Overlap(MergeMethod):
 
 
 def test_workers_overlap_units_but_run_big_ones_alone(monkeypatch) -> None:
-    from neuroflow.merging import engine, kernels
+    from neuroflow.merging import kernels, stream
 
     if not kernels.enabled():
         pytest.skip("workers need the compiled kernels")
@@ -177,7 +177,7 @@ def test_workers_overlap_units_but_run_big_ones_alone(monkeypatch) -> None:
     assert torch.equal(dict(merge_stream(base, experts, method, threads=2))["a.weight"],
                        merge(base, experts, TaskArithmetic(scaling=1.0)).state_dict["a.weight"])
     assert method.most == 2
-    monkeypatch.setattr(engine, "PREFETCH_BYTES", 0)  # every unit is "big": one at a time
+    monkeypatch.setattr(stream, "PREFETCH_BYTES", 0)  # every unit is "big": one at a time
     method = Overlap()
     list(merge_stream(base, experts, method, threads=2))
     assert method.most == 1

@@ -186,11 +186,11 @@ def test_a_failing_write_leaves_no_output(llama, tmp_path, monkeypatch) -> None:
 
     real, calls = shard_writer.ShardWriter.write, []
 
-    def failing(self, name, tensor):
+    def failing(self, name, tensor, *where):
         calls.append(name)
         if len(calls) == 3:
             raise OSError(f"No space left on device writing {name!r}")
-        return real(self, name, tensor)
+        return real(self, name, tensor, *where)
 
     monkeypatch.setattr(shard_writer.ShardWriter, "write", failing)
     out = tmp_path / "out"
