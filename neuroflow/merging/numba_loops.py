@@ -122,6 +122,11 @@ def window_row(row, lo, hi, inside):
     # Per-lane float32 sums over at most _FLUSH chunks (vectorized), then float64: sigma is
     # exact to ~1e-9 relative, not bit-equal to the torch path's float32 block sums.
     lanes, under_lanes, under_mass_lanes = np.zeros(_LANES, row.dtype), np.zeros(_LANES, row.dtype), np.zeros(_LANES, row.dtype)
+    # One flag byte per lane, read back 8 at a time: the bracket holds ~2% of the entries, so
+    # most 8-entry groups hold none and skip the compaction, whose stores cannot be vectorized
+    # (the pass took 1.0 ns an entry with it run on every entry, 0.55-0.65 with the skip).
+    flags = np.zeros(_LANES, np.uint8)
+    words = flags.view(np.uint64)
     mass, under, under_mass, kept, chunks = 0.0, 0, 0.0, 0, 0
     for start in range(0, row.shape[0], _LANES):
         part = row[start : start + _LANES]
@@ -132,14 +137,25 @@ def window_row(row, lo, hi, inside):
                 lanes[j] += a
                 under_lanes[j] += below
                 under_mass_lanes[j] += a * below
+                flags[j] = (a >= lo) & (a <= hi)
             chunks += 1
-        else:
+            for w in range(_LANES // 8):
+                if words[w]:
+                    # Branch-free compaction: always store, advance past the entries inside the
+                    # bracket (a branch on a random comparison costs 5x more here).
+                    for j in range(8 * w, 8 * w + 8):
+                        a = abs(part[j])
+                        inside[kept] = a
+                        kept += (a >= lo) & (a <= hi)
+        else:  # the row's last, partial chunk
             for j in range(part.shape[0]):
                 a = abs(part[j])
                 below = a < lo
                 mass += a
                 under += below
                 under_mass += a * below
+                inside[kept] = a
+                kept += (a >= lo) & (a <= hi)
         if chunks == _FLUSH or start + _LANES >= row.shape[0]:
             for j in range(_LANES):
                 mass += lanes[j]
@@ -147,12 +163,6 @@ def window_row(row, lo, hi, inside):
                 under_mass += under_mass_lanes[j]
             lanes[:], under_lanes[:], under_mass_lanes[:] = 0, 0, 0
             chunks = 0
-        # Branch-free compaction: always store, advance past the entries inside the bracket
-        # (a branch on a random comparison costs 5x more here).
-        for j in range(part.shape[0]):
-            a = abs(part[j])
-            inside[kept] = a
-            kept += (a >= lo) & (a <= hi)
     return mass, under, under_mass, kept
 
 

@@ -151,6 +151,28 @@ def test_window_block_on_a_hand_built_block() -> None:
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_window_block_keeps_every_entry_inside_in_order(dtype) -> None:
+    # Rows of several 1024-entry chunks and a partial one; a narrow bracket (most 8-entry groups
+    # hold no entry inside, which the kernel skips) and a run of entries inside at a group border.
+    g = torch.Generator().manual_seed(11)
+    values = torch.randn(3, 5 * 1024 + 300, generator=g, dtype=dtype)
+    values[1, 1020:1030] = 0.8
+    low, high = torch.tensor([0.79, 0.79, 0.0], dtype=dtype), torch.tensor([0.81, 0.81, 0.05], dtype=dtype)
+    total = torch.zeros(3, dtype=torch.float64)
+    below_count = torch.zeros(3, dtype=torch.int64)
+    below_mass = torch.zeros(3, dtype=torch.float64)
+    inside = torch.empty_like(values)
+    counts = kernels.window_block(values, low, high, total, below_count, below_mass, inside)
+    magnitude = values.abs()
+    for t in range(3):
+        expected = magnitude[t][(magnitude[t] >= low[t]) & (magnitude[t] <= high[t])]
+        assert counts[t] == expected.numel() > 0 and torch.equal(inside[t, : counts[t]], expected)
+        assert below_count[t] == int((magnitude[t] < low[t]).sum())
+        assert float(below_mass[t]) == pytest.approx(float(magnitude[t][magnitude[t] < low[t]].double().sum()), rel=1e-6)
+        assert float(total[t]) == pytest.approx(float(magnitude[t].double().sum()), rel=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_selection_with_kernels_matches_the_torch_path(torch_path, dtype) -> None:
     g = torch.Generator().manual_seed(5)
     # Heavy-tailed values, tensors of odd sizes (a tail shorter than a lane block), 3 tasks.
