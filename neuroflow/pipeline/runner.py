@@ -88,7 +88,8 @@ class PipelineRunner:
         recipe: the checked recipe.
         force: retrain experts (and the joint model) that are already collected, and rerun every
             evaluation.
-        only: stage groups to run (`fit`, `multitask`, `baselines`, `merge`, `report`); all by default.
+        only: stage groups to run (`fit`: the experts, `multitask`: the joint model's fit and test,
+            `baselines`, `merge`, `report`); all by default.
         launcher: `inprocess` or `subprocess` (default: the recipe's), or a callable for tests.
         echo: where the final table goes (progress goes to the `neuroflow.pipeline` logger).
         entry_point: the CLI's `main` for the `inprocess` launcher (`neuroflow.commands.run` passes
@@ -179,7 +180,11 @@ class PipelineRunner:
         return key
 
     def _group(self, stage: Stage) -> str:
-        # The statistics pass belongs to the merges that read it: `--only merge` reruns both.
+        # The statistics pass belongs to the merges that read it: `--only merge` reruns both. The
+        # joint model's test goes with its fit: `--only fit,baselines` (the plateau check) must
+        # not test a joint model it never trained.
+        if stage.row == MULTITASK_ROW:
+            return "multitask"
         return {"expert": "fit", "multitask": "multitask", "baseline": "baselines", "statistics": "merge",
                 "merge": "merge"}[stage.kind]
 

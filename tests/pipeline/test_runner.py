@@ -63,6 +63,18 @@ def test_only_groups_and_bad_group(recipe_path: Path) -> None:
         PipelineRunner(load_recipe(recipe_path), only=["fitt"])
 
 
+def test_joint_model_test_runs_with_its_fit_not_with_the_baselines(recipe_path: Path) -> None:
+    def ran(only: list[str]) -> list[str]:
+        names: list[str] = []
+        recipe = load_recipe(recipe_path, overrides=["multitask.enabled=true"])
+        PipelineRunner(recipe, only=only, launcher=lambda s, c, l: names.append(s.name), echo=lambda _: None).run()
+        return names
+
+    # (The baselines need collected experts, which this launcher does not make.)
+    assert ran(["fit"]) == ["fit_trec", "fit_sst2"]
+    assert ran(["fit", "multitask"]) == ["fit_trec", "fit_sst2", "fit_multitask", "test_multitask"]
+
+
 def test_command_reports_a_failing_stage(recipe_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as info:
         run_main([str(recipe_path), "--set", f"backbone={tmp_path / 'no_such_model'}", "--only", "fit"])
