@@ -140,10 +140,17 @@ def ties_columns(flat: Tensor, limits: Tensor | None, fallback: float | None) ->
     x = flat.numpy()
     bounds = _limits_in(x.dtype, limits, x.shape[0])
     out = np.empty(x.shape[1], x.dtype)
-    sign_sum = sum(_run(kernels.ties_totals, (x, bounds, out), x.shape[1], x.size, kernels.COLUMNS))
-    if fallback is None:
-        fallback = float((sign_sum > 0) - (sign_sum < 0))
-    ambiguous = any(_run(kernels.ties_means, (x, bounds, out, float(fallback)), x.shape[1], x.size, kernels.COLUMNS))
+
+    def sweep(tie: float) -> tuple[int, bool]:
+        parts = _run(kernels.ties_sweep, (x, bounds, out, tie), x.shape[1], x.size, kernels.COLUMNS)
+        return sum(p[0] for p in parts), any(p[1] for p in parts)
+
+    # One sweep (sums and means block by block, while the block is in cache) under the given
+    # fallback, or, when the tensor decides it, under +1: the tensor-wide sign sum is known only
+    # at the end, and only if a column was ambiguous and the sum says otherwise is it swept again.
+    sign_sum, ambiguous = sweep(1.0 if fallback is None else float(fallback))
+    if fallback is None and ambiguous and sign_sum <= 0:
+        _, ambiguous = sweep(float((sign_sum > 0) - (sign_sum < 0)))
     return torch.from_numpy(out), int(sign_sum), bool(ambiguous)
 
 

@@ -64,22 +64,6 @@ def bf16_difference(stored, base, out):
     return ok == 1
 
 
-@_jit
-def ties_totals(x, limits, out, start, stop):
-    """`out[j]` = sum over tasks, in order, of the kept `x[t, j]` for columns in `[start, stop)`;
-    returns the sum of their signs."""
-    sign_sum = 0
-    for first in range(start, stop, COLUMNS):
-        last = min(stop, first + COLUMNS)
-        total = out[first:last]
-        total[:] = 0
-        for t in range(x.shape[0]):
-            add_kept(x[t, first:last], limits[t], total)
-        for j in range(total.shape[0]):
-            sign_sum += (total[j] > 0) - (total[j] < 0)
-    return sign_sum
-
-
 @_inline
 def add_agreeing(row, limit, sign, mass, count):
     for j in range(sign.shape[0]):
@@ -91,18 +75,25 @@ def add_agreeing(row, limit, sign, mass, count):
 
 
 @_jit
-def ties_means(x, limits, out, fallback, start, stop):
-    """Overwrite the sums in `out[start:stop]` with the disjoint means under the elected signs;
-    returns whether a column was decided by the fallback (sum 0, an entry kept)."""
+def ties_sweep(x, limits, out, fallback, start, stop):
+    """TIES over the columns `[start, stop)` into `out`: per block of columns, the kept values
+    summed over tasks in order, the signs elected (`fallback` where a sum is 0), the disjoint
+    means; returns `(sum of the sums' signs, whether a column was decided by the fallback (sum
+    0, an entry kept))`. Both sweeps of a block run while its T x COLUMNS values are in cache."""
     sign = np.empty(COLUMNS, x.dtype)
     mass = np.empty(COLUMNS, x.dtype)
     count = np.empty(COLUMNS, x.dtype)
     ambiguous = False
+    sign_sum = 0
     for first in range(start, stop, COLUMNS):
         last = min(stop, first + COLUMNS)
         width = last - first
         total, s, m, c = out[first:last], sign[:width], mass[:width], count[:width]
+        total[:] = 0
+        for t in range(x.shape[0]):
+            add_kept(x[t, first:last], limits[t], total)
         for j in range(width):
+            sign_sum += (total[j] > 0) - (total[j] < 0)
             elected = fallback if total[j] == 0 else (1.0 if total[j] > 0 else -1.0)
             s[j] = 1.0 if elected > 0 else -1.0  # a fallback of 0 keeps the negative entries
             m[j] = 0
@@ -112,7 +103,7 @@ def ties_means(x, limits, out, fallback, start, stop):
         for j in range(width):
             ambiguous |= (total[j] == 0) & (c[j] > 0)
             total[j] = m[j] * s[j] / max(c[j], 1)
-    return ambiguous
+    return sign_sum, ambiguous
 
 
 @_jit
