@@ -129,7 +129,12 @@ def kth_smallest(values: Tensor, rank: int) -> Tensor:
         raise ValueError(f"rank {rank} outside [1, {array.size}]")
     low, high = int(bits.min()), int(bits.max())
     if high - low < max(array.size, 1 << 16):
-        counts = np.bincount((bits - bits.dtype.type(low)).astype(np.intp), minlength=high - low + 1)
+        # Counted a chunk at a time: bincount takes platform integers, and one conversion of all
+        # the candidates (22M per task at 1.26B parameters) held 0.2 GiB beside them.
+        counts = np.zeros(high - low + 1, np.int64)
+        for start in range(0, bits.size, _COLUMN_CHUNK):
+            chunk = bits[start : start + _COLUMN_CHUNK] - bits.dtype.type(low)
+            counts += np.bincount(chunk.astype(np.intp), minlength=counts.size)
         index = int(np.searchsorted(np.cumsum(counts), rank))  # first bucket reaching the rank
         kth = np.array([low + index], dtype=bits.dtype).view(array.dtype)
     else:
