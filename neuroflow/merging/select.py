@@ -29,7 +29,7 @@ from torch import Tensor
 
 from neuroflow.merging import kernels
 from neuroflow.merging.magnitude_stream import _INT_VIEW, Stream, _blocks, magnitudes, task_rows, tensor_stream  # noqa: F401 (tensor_stream: re-exported)
-from neuroflow.merging.radix_select import kth_smallest, radix_select
+from neuroflow.merging.radix_select import _COLUMN_CHUNK, kth_smallest, radix_select
 from neuroflow.merging.steps import kth_index
 from neuroflow.merging.validation import check_range
 
@@ -37,8 +37,6 @@ from neuroflow.merging.validation import check_range
 # of the sample rank (plus a few ranks of slack): a miss only costs the radix fallback.
 _SAMPLE_SIZE = 1 << 16
 _WINDOW_SIGMAS = 6.0
-# Candidates summed at once after the selection.
-_SELECT_CHUNK = 1 << 18
 
 
 
@@ -290,7 +288,7 @@ def _window_select(
         # The mass below, a chunk at a time: a mask and a copy of the candidates below would hold
         # another 1.25x the candidates.
         removed = below_mass[t] + sum(
-            (chunk[chunk < kth].sum(dtype=torch.float64) for chunk in candidates.split(_SELECT_CHUNK)),
+            (chunk[chunk < kth].sum(dtype=torch.float64) for chunk in candidates.split(_COLUMN_CHUNK)),
             torch.zeros((), dtype=torch.float64),
         )
         return kth.clone(), float(removed / total_mass[t]) if total_mass[t] > 0 else 0.0
