@@ -18,6 +18,10 @@ RSS, the median over `--repeats`. Rows:
 - `mk_ta`, `mk_ties`: `mergekit-yaml --lazy-unpickle` with `task_arithmetic` (weight 0.3) and `ties`
   (density 0.2, weight 1), one thread (`OMP_NUM_THREADS=1`), when `--mergekit-python` is given.
 
+A second table splits each neuroflow run by phase, from its merge card's `timings` (checks, the
+statistics passes, the merge and write, and the rest of the process: start-up, imports, exit), with
+the cores each phase kept busy (CPU / wall).
+
 Inputs are in the page cache for every run, as in the issue: the script reads every input file once
 before the first run (checkpoints cached from an earlier call may have been evicted since, and the
 first row would then time the disk instead of the merge).
@@ -180,15 +184,21 @@ def main() -> None:
             commands[key] = ([str(mk_bin), str(config), str(out), "--lazy-unpickle", "--quiet"], one)
 
     results: dict[str, tuple[float, float, float]] = {}
+    phases: dict[str, dict[str, tuple[float, float]]] = {}
     for key in args.runs.split(","):
         if key not in commands:
             continue
-        samples = []
+        samples, timed = [], []
         for _ in range(args.repeats):
             shutil.rmtree(out, ignore_errors=True)
             samples.append(run_child(*commands[key]))
             print(f"{key}: cpu {samples[-1][0]:.1f} s, wall {samples[-1][1]:.1f} s, peak {samples[-1][2]:.2f} GiB", flush=True)
+            if key.startswith("nf_"):
+                timed.append(json.loads((out / "merge_card.json").read_text())["timings"])
         results[key] = tuple(statistics.median(s[j] for s in samples) for j in range(3))
+        if timed:
+            phases[key] = {phase: (statistics.median(t[phase]["wall_s"] for t in timed),
+                                   statistics.median(t[phase]["cpu_s"] for t in timed)) for phase in timed[0]}
     shutil.rmtree(out, ignore_errors=True)
 
     print(f"\n{args.size}, base + {args.experts} experts, bf16; median of {args.repeats}; nproc={os.cpu_count()}, "
@@ -209,6 +219,23 @@ def main() -> None:
             if f"nf_{key}_c1" in results:
                 print(f", {results[f'nf_{key}_c1'][1] / results[f'nf_{key}_t2'][1]:.2f}x faster than 1 thread on one core", end="")
     print()
+    if phases:
+        print_phases(phases, results)
+
+
+def print_phases(phases: dict[str, dict[str, tuple[float, float]]], results: dict[str, tuple[float, float, float]]) -> None:
+    """Where each neuroflow run's time went (the merge card's `timings`, median per phase), and the
+    cores each phase kept busy (CPU / wall); "rest" is the child's total less the phases: interpreter
+    and torch start-up, imports, the config/card files, exit."""
+    names = list(next(iter(phases.values())))
+    print("\nphases, wall s / CPU s (cores busy):\n")
+    print("| run | " + " | ".join(names) + " | rest |")
+    print("|---|" + "---|" * (len(names) + 1))
+    for key, timing in phases.items():
+        cells = [f"{w:.2f} / {c:.2f} ({c / w if w else 0:.2f})" for w, c in timing.values()]
+        rest_wall = results[key][1] - sum(w for w, _ in timing.values())
+        rest_cpu = results[key][0] - sum(c for _, c in timing.values())
+        print(f"| {key} | " + " | ".join(cells) + f" | {rest_wall:.2f} / {rest_cpu:.2f} |")
 
 
 if __name__ == "__main__":

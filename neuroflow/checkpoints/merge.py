@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import shutil
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,20 @@ from neuroflow.merging.prefetch import behind
 from neuroflow.merging.routing import routing_from_module
 
 log = logging.getLogger(__name__)
+
+
+class _Phases:
+    """Wall and CPU seconds (the whole process's: reader, writer and worker threads included) of
+    each phase of a merge, for the merge card: where the time went, and how many cores it used."""
+
+    def __init__(self) -> None:
+        self.marks = [(time.perf_counter(), time.process_time())]
+        self.seconds: dict[str, dict[str, float]] = {}
+
+    def lap(self, phase: str) -> None:
+        wall, cpu = time.perf_counter(), time.process_time()
+        self.seconds[phase] = {"wall_s": round(wall - self.marks[-1][0], 3), "cpu_s": round(cpu - self.marks[-1][1], 3)}
+        self.marks.append((wall, cpu))
 # Architectures storing some Linear-like weights as `in x out` (transformers' Conv1D): only their
 # module routing differs from the shape rule, so only they (and convolutions, > 2-D) build the model.
 TRANSPOSED_MODEL_TYPES = {"gpt2", "openai-gpt", "imagegpt", "decision_transformer", "clvp", "omniasr", "convbert"}
@@ -158,6 +173,7 @@ def merge_checkpoints(
         raise CheckpointError(f"dtype must be one of {', '.join(OUTPUT_DTYPES)} or None, got {dtype!r}")
     if not experts:
         raise CheckpointError("no experts given: merging needs at least one expert")
+    phases = _Phases()
     out = Path(output_dir)
     for stale in clean_stale(out):
         log.warning("removed %s, left by an interrupted merge", stale)
@@ -176,8 +192,9 @@ def merge_checkpoints(
     base_folder = base_view if isinstance(base_view, CheckpointFolder) else CheckpointFolder(fetch(base, SMALL_FILES + MODEL_WEIGHTS))
     readers = [CheckpointFolder(fetch(v.ref, SMALL_FILES + MODEL_WEIGHTS)) if isinstance(v, RemoteHeaders) else v for v in views]
     source = checkpoint_experts(base_folder, readers, experts, rows=report.rows)
+    phases.lap("checks")
     return _write(base, base_folder, source, readers, [facts for _, facts in opened], report, method, out,
-                  max_shard_size, dtype, threads, command, config, exclude, progress)
+                  max_shard_size, dtype, threads, command, config, exclude, progress, phases)
 
 
 def _output_plan(base: CheckpointFolder, report: CheckReport, dtype: torch.dtype | None) -> list[tuple[str, tuple[int, ...], torch.dtype]]:
@@ -191,7 +208,7 @@ def _output_plan(base: CheckpointFolder, report: CheckReport, dtype: torch.dtype
 
 
 def _write(base_ref, base, source, readers, facts, report, method, out, max_shard_size, dtype, threads,
-           command, config, exclude, progress) -> dict[str, Any]:
+           command, config, exclude, progress, phases: _Phases) -> dict[str, Any]:
     out_dtype = OUTPUT_DTYPES[dtype] if dtype else None
     plan = _output_plan(base, report, out_dtype)
     # Neuron-wise methods (NeuroMerging, TSV-M, Iso-C, RegMean) need the real neuron axis; the
@@ -203,6 +220,7 @@ def _write(base_ref, base, source, readers, facts, report, method, out, max_shar
     writer = None
     try:
         stream = merge_stream(base, source, method, routing=routing, exclude=exclude, progress=progress, threads=threads)
+        phases.lap("statistics")  # validation and the method's statistics passes (TIES' global trim...)
         writer = ShardWriter(tmp, plan, max_shard_size)
         planned = {name: dtype_ for name, _, dtype_ in plan}
         # The writer thread copies each merged tensor into the page cache while the next one is
@@ -218,6 +236,7 @@ def _write(base_ref, base, source, readers, facts, report, method, out, max_shar
                     write.put((name, readers[owner][name][rows:].to(tensor.dtype).to(planned[name]), rows, True))
                 del tensor
         writer.close()
+        phases.lap("merge_and_write")
         written_dtype = out_dtype or next((d for _, _, d in plan if d.is_floating_point), torch.float32)
         overrides = {"vocab_size": report.vocab["output_rows"]} if report.vocab else None
         write_config(tmp, base.config, written_dtype, overrides)
@@ -239,7 +258,11 @@ def _write(base_ref, base, source, readers, facts, report, method, out, max_shar
             warnings=report.warnings,
             command=command,
             config=config or {},
+            threads=threads,
+            timings=phases.seconds,
         )
+        log.info("merge timings (wall / CPU s): %s", ", ".join(
+            f"{phase} {t['wall_s']:.2f} / {t['cpu_s']:.2f}" for phase, t in phases.seconds.items()))
         write_cards(tmp, card)
         finish(tmp, out)
     except BaseException:

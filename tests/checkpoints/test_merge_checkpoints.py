@@ -198,3 +198,16 @@ def test_a_failing_write_leaves_no_output(llama, tmp_path, monkeypatch) -> None:
         merge_checkpoints(str(llama["base"]), [str(p) for p in llama["experts"]], TIES(mask_rate=0.5), str(out))
     assert not out.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_card_records_the_time_of_each_phase(llama, tmp_path) -> None:
+    card = merge_checkpoints(str(llama["base"]), [str(p) for p in llama["experts"]], TIES(mask_rate=0.7),
+                             str(tmp_path / "out"), threads=1)
+    saved = json.loads((tmp_path / "out" / "merge_card.json").read_text())
+    assert saved["timings"] == card["timings"] and saved["threads"] == 1
+    assert list(card["timings"]) == ["checks", "statistics", "merge_and_write"]
+    for phase, seconds in card["timings"].items():
+        assert set(seconds) == {"wall_s", "cpu_s"}, phase
+        assert 0 <= seconds["wall_s"] < 60 and 0 <= seconds["cpu_s"] < 120, phase
+    # Reading and merging every tensor is not free: a phase that recorded nothing would be a bug.
+    assert card["timings"]["merge_and_write"]["wall_s"] > 0
