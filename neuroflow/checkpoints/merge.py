@@ -40,6 +40,10 @@ from neuroflow.merging.prefetch import behind
 from neuroflow.merging.routing import routing_from_module
 
 log = logging.getLogger(__name__)
+# Architectures storing some Linear-like weights as `in x out` (transformers' Conv1D): only their
+# module routing differs from the shape rule, so only they (and convolutions, > 2-D) build the model.
+TRANSPOSED_MODEL_TYPES = {"gpt2", "openai-gpt", "imagegpt", "decision_transformer", "clvp", "omniasr", "convbert"}
+OUTPUT_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
 class _Phases:
@@ -47,17 +51,13 @@ class _Phases:
     each phase of a merge, for the merge card: where the time went, and how many cores it used."""
 
     def __init__(self) -> None:
-        self.marks = [(time.perf_counter(), time.process_time())]
+        self._since = (time.perf_counter(), time.process_time())
         self.seconds: dict[str, dict[str, float]] = {}
 
     def lap(self, phase: str) -> None:
         wall, cpu = time.perf_counter(), time.process_time()
-        self.seconds[phase] = {"wall_s": round(wall - self.marks[-1][0], 3), "cpu_s": round(cpu - self.marks[-1][1], 3)}
-        self.marks.append((wall, cpu))
-# Architectures storing some Linear-like weights as `in x out` (transformers' Conv1D): only their
-# module routing differs from the shape rule, so only they (and convolutions, > 2-D) build the model.
-TRANSPOSED_MODEL_TYPES = {"gpt2", "openai-gpt", "imagegpt", "decision_transformer", "clvp", "omniasr", "convbert"}
-OUTPUT_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+        self.seconds[phase] = {"wall_s": round(wall - self._since[0], 3), "cpu_s": round(cpu - self._since[1], 3)}
+        self._since = (wall, cpu)
 
 
 def classify(ref: str) -> str:
