@@ -4,9 +4,10 @@ Every output tensor's name, shape and dtype is known before the first one is mer
 base's headers), so the shard layout is planned up front, greedily in tensor order like
 `huggingface_hub.split_torch_state_dict_into_shards` (a shard closes before the tensor that would
 take it over `max_shard_size`; a larger tensor gets a shard of its own). Each shard's header is then
-written first and every tensor's bytes go straight to their offset as it arrives: nothing is
-buffered, and the shard count (hence the `model-0000k-of-0000n` names) is known from the start.
-Within a shard, data is laid out by decreasing item size so every tensor is aligned.
+written first and every tensor's bytes go to their offset as it arrives (through a `StagedFile`:
+an 8 MiB window written with `O_DIRECT`, never the page cache), and the shard count (hence the
+`model-0000k-of-0000n` names) is known from the start. Within a shard, data is laid out by
+decreasing item size so every tensor is aligned.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from torch import Tensor
 
 from neuroflow.checkpoints.errors import CheckpointError
 from neuroflow.checkpoints.safetensors_io import CODES
+from neuroflow.checkpoints.staged_file import StagedFile
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -90,6 +92,8 @@ class ShardWriter:
         tensors: `(name, shape, dtype)` of every output tensor.
         max_shard_size: "5GB"-style string or bytes.
         metadata: safetensors `__metadata__` (default `{"format": "pt"}`, as transformers writes).
+        direct: write the shards through `O_DIRECT` where the filesystem allows it (see
+            `StagedFile`; False: through the page cache).
 
     Attributes:
         files: the shard file names.
@@ -101,8 +105,10 @@ class ShardWriter:
         tensors: Sequence[tuple[str, tuple[int, ...], torch.dtype]],
         max_shard_size: str | int = "5GB",
         metadata: dict[str, str] | None = None,
+        direct: bool = True,
     ) -> None:
         self.folder = Path(folder)
+        self.direct = direct
         self.metadata = {"format": "pt"} if metadata is None else dict(metadata)
         shards = plan_shards(tensors, parse_size(max_shard_size))
         count = len(shards)
@@ -134,20 +140,19 @@ class ShardWriter:
             self._headers.append(struct.pack("<Q", len(raw)) + raw)
             self._sizes.append(start + offset)
             self.total_size += offset
-        self._fds: dict[int, int] = {}
+        self._files: dict[int, StagedFile] = {}
         self._left = [len(members) for members in shards]
         self._written: set[str] = set()
         self._done: set[int] = set()
         self._rows: dict[str, dict[int, int]] = {}  # blocks written so far: start -> stop
 
-    def _fd(self, shard: int) -> int:
-        if shard not in self._fds:
+    def _file(self, shard: int) -> StagedFile:
+        if shard not in self._files:
             # 0o666 & ~umask: the output is as readable as any file the user creates.
-            fd = os.open(self.folder / self.files[shard], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
-            os.write(fd, self._headers[shard])
-            os.ftruncate(fd, self._sizes[shard])
-            self._fds[shard] = fd
-        return self._fds[shard]
+            file = StagedFile(self.folder / self.files[shard], self._sizes[shard], direct=self.direct)
+            file.pwrite(self._headers[shard], 0)
+            self._files[shard] = file
+        return self._files[shard]
 
     def write(self, name: str, tensor: Tensor, start: int = 0, last: bool = True) -> None:
         """Write one planned tensor (on the CPU, with the planned dtype), or a block of its rows.
@@ -171,14 +176,10 @@ class ShardWriter:
         if tensor.dtype != slot.dtype or not (whole or rows_fit):
             got = f"{tensor.dtype} {tuple(tensor.shape)}" + ("" if start == 0 else f" at row {start}")
             raise CheckpointError(f"tensor {name!r}: got {got}, planned {slot.dtype} {slot.shape}")
-        fd = self._fd(slot.shard)
-        nbytes = tensor.numel() * tensor.element_size()
-        if nbytes:
+        file = self._file(slot.shard)
+        if tensor.numel():
             offset = slot.offset + start * (slot.nbytes // slot.shape[0] if slot.shape else 0)
-            data = memoryview(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
-            done = 0
-            while done < nbytes:
-                done += os.pwrite(fd, data[done:], offset + done)
+            file.pwrite(memoryview(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()), offset)
         if not whole or not last:
             self._rows.setdefault(name, {})[start] = start + tensor.shape[0]
         if not last:
@@ -188,8 +189,7 @@ class ShardWriter:
         self._written.add(name)
         self._left[slot.shard] -= 1
         if self._left[slot.shard] == 0:
-            os.fsync(fd)
-            os.close(self._fds.pop(slot.shard))
+            self._files.pop(slot.shard).close()
             self._done.add(slot.shard)
 
     def _check_rows(self, name: str, rows: int) -> None:
@@ -214,10 +214,9 @@ class ShardWriter:
             raise CheckpointError(f"output incomplete: tensor {missing[0]!r} was never written")
         for shard in range(len(self.files)):
             if shard not in self._done:
-                self._fd(shard)  # a shard of zero tensors still exists
-        for shard in list(self._fds):
-            os.fsync(self._fds[shard])
-            os.close(self._fds.pop(shard))
+                self._file(shard)  # a shard of zero tensors still exists
+        for shard in list(self._files):
+            self._files.pop(shard).close()
         weight_map = {name: self.files[slot.shard] for name, slot in self._slots.items()}
         if len(self.files) > 1:
             index = {"metadata": {"total_size": self.total_size}, "weight_map": dict(sorted(weight_map.items()))}
@@ -228,5 +227,5 @@ class ShardWriter:
 
     def abort(self) -> None:
         """Close open files without finishing (the caller removes the folder)."""
-        for shard in list(self._fds):
-            os.close(self._fds.pop(shard))
+        for shard in list(self._files):
+            self._files.pop(shard).abort()
