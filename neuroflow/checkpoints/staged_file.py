@@ -112,18 +112,18 @@ class StagedFile:
 
     def _flush(self, length: int) -> None:
         """Write the window's first `length` bytes (a multiple of the alignment) at its offset."""
-        view = memoryview(self._stage)[:length]
-        try:
-            done = 0
-            while done < length:
-                done += os.pwrite(self._direct_fd, view[done:], self._start + done)
-        except OSError as err:
-            if err.errno != errno.EINVAL:
-                raise
-            # The filesystem takes O_DIRECT opens but not these writes: finish buffered.
+        refused = False
+        with memoryview(self._stage) as view:
+            try:
+                done = 0
+                while done < length:
+                    done += os.pwrite(self._direct_fd, view[done:length], self._start + done)
+            except OSError as err:
+                if err.errno != errno.EINVAL:
+                    raise
+                refused = True
+        if refused:  # the filesystem takes O_DIRECT opens but not these writes: finish buffered
             self._to_buffered()
-        finally:
-            view.release()
 
     def _to_buffered(self) -> None:
         """Hand the window's bytes to the buffered descriptor and stop writing directly."""

@@ -111,3 +111,26 @@ def test_shard_writer_writes_the_same_bytes_direct_and_buffered(tmp_path: Path) 
         assert all(torch.equal(loaded[name], tensors[name]) for name in tensors)
     assert len(files[True]) > 2  # several shards and the index
     assert files[True] == files[False]
+
+
+@pytest.mark.parametrize("size", [3 * WINDOW + 10, WINDOW // 2])  # refused mid-file, or at close
+def test_a_filesystem_that_refuses_direct_writes_gets_buffered_ones(tmp_path: Path, monkeypatch, size: int) -> None:
+    import errno
+
+    import neuroflow.checkpoints.staged_file as staged_file
+
+    data = payload(size)
+    file = direct_file(tmp_path / "f", len(data))
+    real = staged_file.os.pwrite
+
+    def refusing(fd, buffer, offset):
+        if fd == file._direct_fd:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real(fd, buffer, offset)
+
+    monkeypatch.setattr(staged_file.os, "pwrite", refusing)
+    for start in range(0, len(data), 3000):
+        file.pwrite(data[start : start + 3000], start)
+    file.close()
+    assert not file.direct
+    assert (tmp_path / "f").read_bytes() == data
