@@ -133,10 +133,15 @@ class StagedFile:
         if fill:
             with memoryview(self._stage) as view:
                 _pwrite_all(self._fd, view[:fill], self._start)
-        os.close(self._direct_fd)
-        self._direct_fd = None
-        self._stage.close()
-        self._stage = None
+        self._drop_direct()
+
+    def _drop_direct(self) -> None:
+        """Close the direct descriptor and free the window."""
+        if self._direct_fd is not None:
+            os.close(self._direct_fd)
+            self._direct_fd = None
+            self._stage.close()
+            self._stage = None
 
     def close(self, sync: bool = True) -> None:
         """Write what is staged, set the final size, fsync (when `sync`) and close.
@@ -150,11 +155,7 @@ class StagedFile:
                 padded = -(-fill // _ALIGN) * _ALIGN  # past the end: cut off by the truncate below
                 self._stage[fill:padded] = bytes(padded - fill)
                 self._flush(padded)
-            if self._direct_fd is not None:
-                os.close(self._direct_fd)
-                self._direct_fd = None
-                self._stage.close()
-                self._stage = None
+            self._drop_direct()
             os.ftruncate(self._fd, self.size)
         if sync:
             os.fsync(self._fd)
@@ -162,9 +163,5 @@ class StagedFile:
 
     def abort(self) -> None:
         """Close without writing what is staged (the caller removes the file)."""
-        if self._direct_fd is not None:
-            os.close(self._direct_fd)
-            self._direct_fd = None
-            self._stage.close()
-            self._stage = None
+        self._drop_direct()
         os.close(self._fd)
