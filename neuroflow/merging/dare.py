@@ -10,7 +10,7 @@ from torch import Tensor
 
 from neuroflow.merging.base import MergeMethod
 from neuroflow.merging.routing import Route
-from neuroflow.merging.steps import ties_merge
+from neuroflow.merging.steps import scale_, ties_merge
 from neuroflow.merging.validation import check_choice, check_finite, check_int, check_range
 
 
@@ -65,4 +65,4 @@ class DARE(MergeMethod):
                 keep = keep_mask(row.shape, self.drop_rate, self.seed, i, name)
                 row.copy_(torch.where(keep, row / (1.0 - self.drop_rate), torch.zeros((), dtype=row.dtype)))
         merged = ties_merge(task_vectors) if self.then == "ties" else task_vectors.sum(dim=0)
-        return self.scaling * merged
+        return scale_(merged, self.scaling)

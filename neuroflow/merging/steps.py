@@ -15,6 +15,17 @@ from torch import Tensor
 from neuroflow.merging import kernels
 
 
+def scale_(x: Tensor, scaling: float) -> Tensor:
+    """`x * scaling`, in place; no pass over `x` when `scaling` is 1 (TIES' default), where the
+    product would be `x` itself bit for bit.
+
+    Args:
+        x: a merged task vector the caller owns.
+        scaling: the coefficient.
+    """
+    return x if scaling == 1.0 else x.mul_(scaling)
+
+
 def kth_index(numel: int, mask_rate: float) -> int:
     """The 1-based rank `k = floor(numel * mask_rate)` of the magnitude threshold (0: keep all).
 

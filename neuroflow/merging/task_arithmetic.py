@@ -8,6 +8,7 @@ from torch import Tensor
 
 from neuroflow.merging.base import MergeMethod
 from neuroflow.merging.routing import Route
+from neuroflow.merging.steps import scale_
 from neuroflow.merging.validation import check_finite
 
 
@@ -26,7 +27,7 @@ class TaskArithmetic(MergeMethod):
         self.scaling = check_finite(self, "scaling", scaling)
 
     def merge_tensor(self, name: str, base: Tensor, task_vectors: Tensor, route: Route, stats: dict[str, Any]) -> Tensor:
-        return task_vectors.sum(dim=0).mul_(self.scaling)
+        return scale_(task_vectors.sum(dim=0), self.scaling)
 
     def separable(self, route: Route) -> bool:
         # Element-wise (a subclass with its own merge_tensor must say so itself).

@@ -8,7 +8,7 @@ from torch import Tensor
 
 from neuroflow.merging.base import MergeMethod
 from neuroflow.merging.routing import Route
-from neuroflow.merging.steps import TieFallback, tensor_threshold, ties_merge
+from neuroflow.merging.steps import TieFallback, scale_, tensor_threshold, ties_merge
 from neuroflow.merging.task_vectors import TaskVectors
 from neuroflow.merging.validation import check_choice, check_finite, check_range
 
@@ -44,7 +44,7 @@ class TIES(MergeMethod):
             thresholds = stats["trim"].thresholds
         else:
             thresholds = [tensor_threshold(tv, self.mask_rate) for tv in task_vectors]
-        return ties_merge(task_vectors, thresholds=thresholds).mul_(self.scaling)
+        return scale_(ties_merge(task_vectors, thresholds=thresholds), self.scaling)
 
     def separable(self, route: Route) -> bool:
         # Element-wise given the global thresholds; the sign election's tensor-wide tie fallback
@@ -52,4 +52,4 @@ class TIES(MergeMethod):
         return self.scope == "global" and type(self).merge_tensor is TIES.merge_tensor
 
     def merge_rows(self, name: str, base: Tensor, task_vectors: Tensor, route: Route, stats: dict[str, Any], tie: TieFallback) -> Tensor:
-        return ties_merge(task_vectors, thresholds=stats["trim"].thresholds, tie=tie).mul_(self.scaling)
+        return scale_(ties_merge(task_vectors, thresholds=stats["trim"].thresholds, tie=tie), self.scaling)

@@ -121,3 +121,13 @@ def test_blocked_ties_merge_with_a_task_kept_whole_and_without_trim() -> None:
     for thresholds in ([None, torch.tensor(0.7), None, torch.tensor(1.1)], [None] * 4, None):
         expected = _whole_tensor_ties(x.clone(), thresholds or [None] * 4)
         assert torch.equal(ties_merge(x.clone(), thresholds=thresholds), expected)
+
+
+def test_scale_is_in_place_and_skips_a_scaling_of_one() -> None:
+    from neuroflow.merging.steps import scale_
+
+    x = torch.tensor([1.5, -0.0, 3.0])
+    assert scale_(x, 1.0) is x and torch.equal(x, torch.tensor([1.5, -0.0, 3.0]))
+    y = scale_(x, 0.5)
+    assert y.data_ptr() == x.data_ptr()
+    assert torch.equal(y, torch.tensor([0.75, -0.0, 1.5]))
