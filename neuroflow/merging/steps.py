@@ -161,18 +161,26 @@ class TieFallback:
     The fallback (the sign of the summed elected signs over the whole tensor) is only known once
     every block is seen, yet it only changes the result in *ambiguous* columns: summed mass exactly
     0 with non-zero entries (an all-zero column merges to 0 whatever its sign). So a first pass
-    merges each block assuming +1, accumulates the signs and flags blocks that had ambiguous
-    columns; only those are merged again when the fallback turns out to be 0 or -1.
+    merges each block assuming a fallback (`guess`: +1, or the sign of the blocks before it),
+    accumulates the signs and flags blocks that had ambiguous columns; only those whose guess the
+    whole tensor's fallback overturns are merged again.
 
     Attributes:
-        value: the known fallback (a second pass), or None (first pass: +1 assumed).
+        value: the known fallback (a second pass), or None (first pass: `guess` assumed).
+        guess: the fallback a first pass assumes, +1 or -1 (0 would hide ambiguous columns: no
+            non-zero entry agrees with sign 0).
         sign_sum: sum of the elected signs seen so far (first pass).
-        assumed: the last block merged had ambiguous columns, so its result assumed +1.
+        assumed: the last block merged had ambiguous columns, so its result assumed `guess`.
     """
 
     value: float | None = None
+    guess: float = 1.0
     sign_sum: int = 0
     assumed: bool = False
+
+    def __post_init__(self) -> None:
+        if self.guess not in (1.0, -1.0):
+            raise ValueError(f"TieFallback.guess must be +1 or -1, got {self.guess!r}")
 
     @property
     def fallback(self) -> float:
@@ -237,15 +245,15 @@ def ties_merge(
     else:
         tie.sign_sum += int(signs_sum)
         tie.assumed = False
-        fallback = torch.tensor(1.0, dtype=x.dtype)
+        fallback = torch.tensor(tie.guess, dtype=x.dtype)
     out = total  # each block's sums are read before its means overwrite them
     first_pass = tie is not None and tie.value is None
     for block in blocks:
         zero = total[block] == 0 if first_pass and not tie.assumed else None
         out[block], count = _disjoint_mean(flat[:, block], _fill_ties_(torch.sign(total[block]), fallback))
         if zero is not None:
-            # Ambiguous: summed mass 0 but some entry non-zero, hence a positive one, which the
-            # assumed +1 counted (an all-zero column merges to 0 under any sign).
+            # Ambiguous: summed mass 0 but some entry non-zero, hence one of each sign, one of
+            # which the guess counted (an all-zero column merges to 0 under any sign).
             tie.assumed = bool((zero & (count > 0)).any())
     return out.reshape(x.shape[1:])
 
@@ -257,7 +265,7 @@ def _compiled_ties(flat: Tensor, thresholds: list[Tensor | float | None] | None,
     if thresholds is not None and any(t is not None for t in thresholds):
         limits = kernels.threshold_limits(thresholds)
     first_pass = tie is not None and tie.value is None
-    fallback = None if tie is None else (1.0 if first_pass else tie.value)
+    fallback = None if tie is None else (tie.guess if first_pass else tie.value)
     done = kernels.ties_columns(flat, limits, fallback)
     if done is None:
         return None

@@ -99,6 +99,7 @@ class MergeStream:
         self.task_vectors, self.stats = task_vectors, stats
         self.progress, self.threads, self.prefetch, self.recycle = progress, threads, prefetch, recycle
         self.names = list(base)
+        self._sign_sums: dict[str, int] = {}  # elected signs of a row-blocked tensor so far
         kinds = [r.kind for r in routes.values()]
         self.info = {
             "method": method.name,
@@ -208,15 +209,20 @@ class MergeStream:
                     tie, redo = TieFallback(), []
                 # Each block has its own TieFallback; their sign sums add up to the tensor's.
                 tie.sign_sum += block_tie.sign_sum
+                self._sign_sums[name] = tie.sign_sum  # the next blocks' guess
                 if block_tie.assumed:
-                    redo.append(rows)
+                    redo.append((rows, block_tie.guess))
                 if rows[1] < tensor_meta(self.base, name)[0][0]:
                     yield Piece(name, rows[0], merged, False)
                     del merged
                     continue
-                # The tensor's last block: blocks that assumed the fallback +1 are merged again
-                # when the whole tensor's fallback is 0 or -1 (rare: exact cancellations).
-                again = redo if redo and tie.fallback <= 0 else []
+                # The tensor's last block: blocks with ambiguous columns whose guess was not the
+                # whole tensor's fallback are merged again. Guessing the sign of the blocks before
+                # (not always +1) matters: at 1.26B TIES, +1 for every block merged 49% of the
+                # output twice (the tensor's fallback is -1 about half the time, and large blocks
+                # of bf16 task values nearly always hold an exact cancellation).
+                again = [r for r, guess in redo if guess != tie.fallback]
+                self._sign_sums.pop(name, None)
                 yield Piece(name, rows[0], merged, not again)
                 del merged
                 known = TieFallback(value=tie.fallback)
@@ -241,6 +247,12 @@ class MergeStream:
             if piece.last:
                 yield piece.name, out
                 out = None
+
+    def _first_pass_tie(self, name: str) -> TieFallback:
+        """A row block's first-pass fallback, guessing the sign of the tensor's blocks merged so
+        far (+1 before any; a worker thread may see fewer blocks than have been merged: any guess
+        gives the same result, a wrong one only costs a second merge of the block)."""
+        return TieFallback(guess=-1.0 if self._sign_sums.get(name, 0) < 0 else 1.0)
 
     def _units_merged(self, work: list, recycler: _Recycler | None) -> Iterator[tuple[Tensor, TieFallback | None]]:
         """`(merged tensor or rows, the row block's TieFallback)` per unit, merged on this thread
@@ -271,7 +283,7 @@ class MergeStream:
                     # Read (and subtract) the next tensor while this one is merged: I/O and the
                     # task-vector arithmetic overlap the method's maths.
                     pending = pool.submit(self._read, *following)
-                tie = None if rows is None else TieFallback()
+                tie = None if rows is None else self._first_pass_tie(name)
                 with intra_op_threads(self.threads):
                     merged = self._merge_one(name, inputs, recycler, tie)
                 yield merged, tie
@@ -285,7 +297,7 @@ class MergeStream:
 
         def job(unit: tuple[str, tuple[int, int] | None]) -> tuple[Tensor, TieFallback | None]:
             name, rows = unit
-            tie = None if rows is None else TieFallback()
+            tie = None if rows is None else self._first_pass_tie(name)
             return self._merge_one(name, list(self._read(name, rows)), recycler, tie), tie
 
         big = lambda unit: self._stack_bytes(*unit) > PREFETCH_BYTES  # noqa: E731

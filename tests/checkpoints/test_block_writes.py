@@ -77,6 +77,37 @@ def test_a_block_redone_for_the_tensor_tie_fallback_is_rewritten(llama, tmp_path
     assert head == [(start, False) for start in range(0, 128, 16)] + [(0, True)]
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_later_blocks_guess_the_fallback_of_the_blocks_before(llama, tmp_path, monkeypatch, threads) -> None:
+    # Every 16-row block of the LM head has one column that cancels exactly (+1, -1) and every
+    # other entry moves by -1: the tensor's fallback is -1. Guessing +1 for every block would merge
+    # all 8 again; guessing the sign of the blocks before, only the first is (1 thread: the guess
+    # sees every earlier block; 2 threads may see fewer, so more may come again, same values).
+    base = folder_state(llama["base"])
+    experts = []
+    for k, sign in enumerate((1.0, -1.0)):
+        folder = tmp_path / f"e{k}"
+        shutil.copytree(llama["base"], folder)
+        state = {n: t.clone() for n, t in base.items()}
+        delta = -torch.ones_like(state["lm_head.weight"])
+        delta[0::16, 0] = sign
+        state["lm_head.weight"] += delta
+        save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+        experts.append(folder)
+    method = TIES(mask_rate=0.0)
+    expected = merge_state_dicts(base, [folder_state(e) for e in experts], method)
+    assert torch.equal(expected["lm_head.weight"][0::16, 0], base["lm_head.weight"][0::16, 0] - 1.0)
+    monkeypatch.setattr(task_vectors_module, "ROW_BLOCK_BYTES", BLOCK_BYTES)
+    calls = spy_writes(monkeypatch)
+    merge_checkpoints(str(llama["base"]), [str(e) for e in experts], method, str(tmp_path / "out"), threads=threads)
+    got = folder_state(tmp_path / "out")
+    assert all(torch.equal(got[n], expected[n]) for n in expected)
+    head = [(start, last) for name, start, _, last in calls if name == "lm_head.weight"]
+    assert head[:8] == [(start, False) for start in range(0, 128, 16)] and head[-1][1]
+    if threads == 1:
+        assert head[8:] == [(0, True)]
+
+
 def test_resized_vocabulary_rows_follow_the_merged_blocks(llama, tmp_path, monkeypatch) -> None:
     grown = resized(llama, tmp_path, "grown", 136)
     method = TIES(mask_rate=0.5)
