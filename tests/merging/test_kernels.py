@@ -311,3 +311,23 @@ def test_difference_into_declines_what_it_does_not_handle() -> None:
     assert kernels.difference_into(torch.empty(4, dtype=torch.float64), bf, bf) is None
     assert kernels.difference_into(torch.empty(4), torch.ones(8, dtype=torch.bfloat16)[::2], bf) is None  # strided
     assert kernels.difference_into(torch.empty(3), bf, bf) is None  # shape
+
+
+@pytest.mark.parametrize("compiled", [True, False], ids=["kernel", "torch"])
+def test_a_first_pass_guessing_minus_one_merges_as_the_known_minus_one(monkeypatch, compiled: bool) -> None:
+    x = torch.tensor([[1.0, -2.0, 0.5, 0.0], [-1.0, 3.0, 0.5, 0.0]])  # column 0 cancels after the trim
+    thresholds = [torch.tensor(0.6), torch.tensor(0.6)]
+    if not compiled:
+        monkeypatch.setenv("NEUROFLOW_KERNELS", "0")
+    kernels._compiled.cache_clear()
+    try:
+        guessed = TieFallback(guess=-1.0)
+        got = ties_merge(x.clone(), thresholds=thresholds, tie=guessed)
+        assert torch.equal(got, ties_merge(x.clone(), thresholds=thresholds, tie=TieFallback(value=-1.0)))
+        assert torch.equal(got, torch.tensor([-1.0, 3.0, 0.0, 0.0]))
+        assert (guessed.sign_sum, guessed.assumed) == (1, True)  # the column is flagged under -1 too
+    finally:
+        monkeypatch.delenv("NEUROFLOW_KERNELS", raising=False)
+        kernels._compiled.cache_clear()
+    with pytest.raises(ValueError, match="guess must be"):
+        TieFallback(guess=0.0)
