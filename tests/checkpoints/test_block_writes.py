@@ -34,6 +34,23 @@ def spy_writes(monkeypatch) -> list[tuple[str, int, int, bool]]:
     return calls
 
 
+def cancelling_experts(llama, tmp_path: Path, rows: list[int]) -> list[Path]:
+    """Two experts whose LM head moves by -1 everywhere but column 0 of `rows`, where they move by
+    +1 and -1 (an exact cancellation): the head's tie fallback is -1."""
+    base = folder_state(llama["base"])
+    experts = []
+    for k, sign in enumerate((1.0, -1.0)):
+        folder = tmp_path / f"e{k}"
+        shutil.copytree(llama["base"], folder)
+        state = {n: t.clone() for n, t in base.items()}
+        delta = -torch.ones_like(state["lm_head.weight"])
+        delta[rows, 0] = sign
+        state["lm_head.weight"] += delta
+        save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+        experts.append(folder)
+    return experts
+
+
 @pytest.mark.parametrize("method", [TaskArithmetic(scaling=0.4), TIES(mask_rate=0.7), NeuroMerging(mask_rate=0.7)], ids=repr)
 @pytest.mark.parametrize("shard", [None, "40KB"])
 def test_blocks_written_in_place_equal_the_whole_tensor_merge(llama, tmp_path, monkeypatch, method, shard) -> None:
@@ -55,16 +72,7 @@ def test_a_block_redone_for_the_tensor_tie_fallback_is_rewritten(llama, tmp_path
     # entry of the head moves by -1, so the tensor's fallback sign is -1 and the first block, merged
     # under the assumed +1, must be merged again after the last block and written over.
     base = folder_state(llama["base"])
-    experts = []
-    for k, sign in enumerate((1.0, -1.0)):
-        folder = tmp_path / f"e{k}"
-        shutil.copytree(llama["base"], folder)
-        state = {n: t.clone() for n, t in base.items()}
-        delta = -torch.ones_like(state["lm_head.weight"])
-        delta[0, 0] = sign
-        state["lm_head.weight"] += delta
-        save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
-        experts.append(folder)
+    experts = cancelling_experts(llama, tmp_path, rows=[0])
     method = TIES(mask_rate=0.0)
     expected = merge_state_dicts(base, [folder_state(e) for e in experts], method)
     assert expected["lm_head.weight"][0, 0] == base["lm_head.weight"][0, 0] - 1.0  # the -1 side wins the tie
@@ -84,16 +92,7 @@ def test_later_blocks_guess_the_fallback_of_the_blocks_before(llama, tmp_path, m
     # all 8 again; guessing the sign of the blocks before, only the first is (1 thread: the guess
     # sees every earlier block; 2 threads may see fewer, so more may come again, same values).
     base = folder_state(llama["base"])
-    experts = []
-    for k, sign in enumerate((1.0, -1.0)):
-        folder = tmp_path / f"e{k}"
-        shutil.copytree(llama["base"], folder)
-        state = {n: t.clone() for n, t in base.items()}
-        delta = -torch.ones_like(state["lm_head.weight"])
-        delta[0::16, 0] = sign
-        state["lm_head.weight"] += delta
-        save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
-        experts.append(folder)
+    experts = cancelling_experts(llama, tmp_path, rows=list(range(0, 128, 16)))
     method = TIES(mask_rate=0.0)
     expected = merge_state_dicts(base, [folder_state(e) for e in experts], method)
     assert torch.equal(expected["lm_head.weight"][0::16, 0], base["lm_head.weight"][0::16, 0] - 1.0)
