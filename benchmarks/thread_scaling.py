@@ -101,18 +101,18 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     rows = [
-        ("in-cache op (1 MiB per thread)", scaling(op_jobs(1 << 18, 2000), args.repeats, split=False), "units"),
-        ("streaming op (256 MiB per thread)", scaling(op_jobs(64 << 20, 8), args.repeats, split=False), "units"),
+        ("in-cache op (1 MiB per thread)", scaling(op_jobs(1 << 18, 2000), args.repeats, split=False)),
+        ("streaming op (256 MiB per thread)", scaling(op_jobs(64 << 20, 8), args.repeats, split=False)),
     ]
     if args.folders:
         jobs = read_jobs(args.folders)
         for job in jobs:  # the files into the page cache, and the read buffers into the pool
             job()
-        rows.append((f"page-cache read ({len(args.folders)} folders)", scaling(jobs, args.repeats, split=True), "halves"))
+        rows.append((f"page-cache read ({len(args.folders)} folders)", scaling(jobs, args.repeats, split=True)))
     print(f"nproc={os.cpu_count()}, median of {args.repeats}\n")
     print("| work | 1 thread s | 2 threads s | 2-thread throughput / 1-thread |")
     print("|---|---|---|---|")
-    for label, (one, two, ratio), _ in rows:
+    for label, (one, two, ratio) in rows:
         print(f"| {label} | {one:.3f} | {two:.3f} | {ratio:.2f}x |")
     print("\nop rows: 1 thread does one unit, 2 threads one unit each; read row: 1 thread reads every tensor,"
           " 2 threads half each.")

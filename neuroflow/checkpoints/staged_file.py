@@ -115,9 +115,7 @@ class StagedFile:
         refused = False
         with memoryview(self._stage) as view:
             try:
-                done = 0
-                while done < length:
-                    done += os.pwrite(self._direct_fd, view[done:length], self._start + done)
+                _pwrite_all(self._direct_fd, view[:length], self._start)
             except OSError as err:
                 if err.errno != errno.EINVAL:
                     raise
@@ -143,12 +141,8 @@ class StagedFile:
             self._stage.close()
             self._stage = None
 
-    def close(self, sync: bool = True) -> None:
-        """Write what is staged, set the final size, fsync (when `sync`) and close.
-
-        Args:
-            sync: fsync the file before closing it.
-        """
+    def close(self) -> None:
+        """Write what is staged, set the final size, fsync and close."""
         if self._direct_fd is not None:
             fill = self._cursor - self._start
             if fill:
@@ -157,8 +151,7 @@ class StagedFile:
                 self._flush(padded)
             self._drop_direct()
             os.ftruncate(self._fd, self.size)
-        if sync:
-            os.fsync(self._fd)
+        os.fsync(self._fd)
         os.close(self._fd)
 
     def abort(self) -> None:
