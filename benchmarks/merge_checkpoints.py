@@ -142,17 +142,21 @@ def warm_page_cache(folders: list[Path]) -> None:
     print(f"page cache warmed: {total / 2**30:.2f} GiB read in {time.perf_counter() - start:.1f} s", flush=True)
 
 
-def warm_kernels(root: Path, experts: int) -> None:
+def build_in_child(root: Path, size: str, experts: int) -> None:
+    """`build` in a child process: a forked child's peak RSS starts from its parent's (Linux carries
+    the pre-exec high-water mark into ru_maxrss), so this process must stay small (no torch import)."""
+    subprocess.run([sys.executable, __file__, "--build-only", "--size", size, "--experts", str(experts),
+                    "--root", str(root)], check=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+def warm_kernels(root: Path, experts: int, env: dict[str, str]) -> None:
     """Merge tiny checkpoints once with each method, untimed: numba compiles the kernels into its
     cache on their first call (seconds), which a user pays once per install, not per merge; a fresh
     clone's first timed row would otherwise carry it."""
-    subprocess.run([sys.executable, __file__, "--build-only", "--size", "tiny", "--experts", str(experts),
-                    "--root", str(root)], check=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    build_in_child(root, "tiny", experts)
     folders = [root / "tiny" / "base", *(root / "tiny" / f"expert{t}" for t in range(experts))]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
+    out = root / "warm-out"
     for key in ("ta", "ties", "nm"):
-        out = root / "warm-out"
-        shutil.rmtree(out, ignore_errors=True)
         subprocess.run([sys.executable, "-c", NEUROFLOW, key, "1", str(out), *map(str, folders)], check=True, env=env,
                        stdout=subprocess.DEVNULL)
         shutil.rmtree(out, ignore_errors=True)
@@ -173,16 +177,13 @@ def main() -> None:
     if args.build_only:
         build(root, args.size, args.experts)
         return
-    # Built in a child: a forked child's peak RSS starts from its parent's (Linux carries the
-    # pre-exec high-water mark into ru_maxrss), so this process must stay small (no torch import).
-    subprocess.run([sys.executable, __file__, "--build-only", "--size", args.size, "--experts", str(args.experts),
-                    "--root", str(root)], check=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    build_in_child(root, args.size, args.experts)
     base = root / args.size / "base"
     experts = [root / args.size / f"expert{t}" for t in range(args.experts)]
     out = root / "out"
     warm_page_cache([base, *experts])
-    warm_kernels(root, args.experts)
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    warm_kernels(root, args.experts, env)
     one = {**env, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     commands: dict[str, tuple[list[str], dict[str, str]]] = {
         "floor": ([sys.executable, "-c", FLOOR, str(base), *map(str, experts)], one),
