@@ -26,6 +26,7 @@ import functools
 import logging
 import os
 from collections.abc import Iterator
+from typing import NamedTuple
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -121,9 +122,25 @@ def threshold_limits(thresholds: list[Tensor | float | None]) -> Tensor:
     return torch.tensor([0.0 if t is None else float(t) for t in thresholds], dtype=torch.float64)
 
 
-def ties_columns(flat: Tensor, limits: Tensor | None, fallback: float | None) -> tuple[Tensor, int, bool] | None:
-    """TIES on `(T, N)` values: `(merged (N,), sum of elected signs, ambiguous columns seen)`, or
-    None when the kernels do not apply (the caller runs the torch steps).
+class TiesColumns(NamedTuple):
+    """`ties_columns`' result.
+
+    Attributes:
+        merged: the merged values, `(N,)`.
+        sign_sum: the sum of the elected signs (of the columns' summed masses).
+        ambiguous: whether a column was decided by the fallback (summed mass 0, an entry kept).
+        positions: those columns' indices, int64, ascending, when asked for (else None).
+    """
+
+    merged: Tensor
+    sign_sum: int
+    ambiguous: bool
+    positions: Tensor | None
+
+
+def ties_columns(flat: Tensor, limits: Tensor | None, fallback: float | None, positions: bool = False) -> TiesColumns | None:
+    """TIES on `(T, N)` values, or None when the kernels do not apply (the caller runs the torch
+    steps).
 
     The sign fallback of columns whose summed mass is 0 is `fallback`, or, when None, the sign of
     the sum of the elected signs (the whole-tensor rule). Ambiguous columns (mass 0, some entry
@@ -133,6 +150,7 @@ def ties_columns(flat: Tensor, limits: Tensor | None, fallback: float | None) ->
         flat: per-task values, contiguous, float32 or float64; not modified.
         limits: per-task magnitude limits `(T,)` (entries with `|x| < limit` are dropped), or None.
         fallback: the tie fallback (-1, 0, 1), or None to derive it from this tensor.
+        positions: also return the ambiguous columns' indices (with a given `fallback`).
     """
     kernels = _compiled()
     if kernels is None or not _fits(flat) or flat.dim() != 2:
@@ -140,18 +158,23 @@ def ties_columns(flat: Tensor, limits: Tensor | None, fallback: float | None) ->
     x = flat.numpy()
     bounds = _limits_in(x.dtype, limits, x.shape[0])
     out = np.empty(x.shape[1], x.dtype)
+    # Untouched pages of `where` cost nothing: only the ambiguous columns' indices are written.
+    where = np.empty(x.shape[1] if positions else 0, np.int64)
 
-    def sweep(tie: float) -> tuple[int, bool]:
-        parts = _run(kernels.ties_sweep, (x, bounds, out, tie), x.shape[1], x.size, kernels.COLUMNS)
-        return sum(p[0] for p in parts), any(p[1] for p in parts)
+    def sweep(tie: float) -> list[tuple[int, int]]:
+        return _run(kernels.ties_sweep, (x, bounds, out, tie, where), x.shape[1], x.size, kernels.COLUMNS)
 
     # One sweep (sums and means block by block, while the block is in cache) under the given
     # fallback, or, when the tensor decides it, under +1: the tensor-wide sign sum is known only
     # at the end, and only if a column was ambiguous and the sum says otherwise is it swept again.
-    sign_sum, ambiguous = sweep(1.0 if fallback is None else float(fallback))
-    if fallback is None and ambiguous and sign_sum <= 0:
-        _, ambiguous = sweep(float((sign_sum > 0) - (sign_sum < 0)))
-    return torch.from_numpy(out), int(sign_sum), bool(ambiguous)
+    parts = sweep(1.0 if fallback is None else float(fallback))
+    sign_sum, found = sum(p[0] for p in parts), sum(p[1] for p in parts)
+    if fallback is None and found and sign_sum <= 0:
+        found = sum(p[1] for p in sweep(float((sign_sum > 0) - (sign_sum < 0))))
+    index = None
+    if positions:  # each range `[start, stop)` wrote its columns from `where[start]` on
+        index = torch.from_numpy(np.concatenate([where[start : start + n] for _, n, start in parts]))
+    return TiesColumns(torch.from_numpy(out), int(sign_sum), bool(found), index)
 
 
 def window_block(

@@ -75,15 +75,19 @@ def add_agreeing(row, limit, sign, mass, count):
 
 
 @_jit
-def ties_sweep(x, limits, out, fallback, start, stop):
+def ties_sweep(x, limits, out, fallback, where, start, stop):
     """TIES over the columns `[start, stop)` into `out`: per block of columns, the kept values
     summed over tasks in order, the signs elected (`fallback` where a sum is 0), the disjoint
-    means; returns `(sum of the sums' signs, whether a column was decided by the fallback (sum
-    0, an entry kept))`. Both sweeps of a block run while its T x COLUMNS values are in cache."""
+    means; returns `(sum of the sums' signs, number of columns the fallback decided (sum 0, an
+    entry kept), start)`. When `where` is not empty, those columns' indices are written, in
+    order, to `where[start:start + number]`. Both sweeps of a block run while its T x COLUMNS values are in
+    cache."""
     sign = np.empty(COLUMNS, x.dtype)
     mass = np.empty(COLUMNS, x.dtype)
     count = np.empty(COLUMNS, x.dtype)
-    ambiguous = False
+    flags = np.zeros(COLUMNS, np.uint8)
+    words = flags.view(np.uint64)
+    found = 0
     sign_sum = 0
     for first in range(start, stop, COLUMNS):
         last = min(stop, first + COLUMNS)
@@ -100,10 +104,24 @@ def ties_sweep(x, limits, out, fallback, start, stop):
             c[j] = 0
         for t in range(x.shape[0]):
             add_agreeing(x[t, first:last], limits[t], s, m, c)
+        here = 0
         for j in range(width):
-            ambiguous |= (total[j] == 0) & (c[j] > 0)
+            flag = (total[j] == 0) & (c[j] > 0)
+            flags[j] = flag
+            here += flag
+        if here and where.shape[0]:
+            # Branch-free compaction over the 8-flag words that hold one (ambiguous columns are
+            # ~1% of bfloat16 task values, so most words hold none).
+            for w in range(-(-width // 8)):
+                if words[w]:  # the last word's flags past `width` are stale: not read below
+                    for j in range(8 * w, min(8 * w + 8, width)):
+                        where[start + found] = first + j
+                        found += flags[j]
+        elif here:
+            found += here
+        for j in range(width):
             total[j] = m[j] * s[j] / max(c[j], 1)
-    return sign_sum, ambiguous
+    return sign_sum, found, start
 
 
 @_jit

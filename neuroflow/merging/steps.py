@@ -171,12 +171,16 @@ class TieFallback:
             non-zero entry agrees with sign 0).
         sign_sum: sum of the elected signs seen so far (first pass).
         assumed: the last block merged had ambiguous columns, so its result assumed `guess`.
+        positions: those columns' flat indices in the block (int64, ascending), when the method
+            reports them (`ties_merge` does): only these entries change under another fallback,
+            so they alone need merging again.
     """
 
     value: float | None = None
     guess: float = 1.0
     sign_sum: int = 0
     assumed: bool = False
+    positions: Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.guess not in (1.0, -1.0):
@@ -248,13 +252,17 @@ def ties_merge(
         fallback = torch.tensor(tie.guess, dtype=x.dtype)
     out = total  # each block's sums are read before its means overwrite them
     first_pass = tie is not None and tie.value is None
+    found = []
     for block in blocks:
-        zero = total[block] == 0 if first_pass and not tie.assumed else None
+        zero = total[block] == 0 if first_pass else None
         out[block], count = _disjoint_mean(flat[:, block], _fill_ties_(torch.sign(total[block]), fallback))
         if zero is not None:
             # Ambiguous: summed mass 0 but some entry non-zero, hence one of each sign, one of
             # which the guess counted (an all-zero column merges to 0 under any sign).
-            tie.assumed = bool((zero & (count > 0)).any())
+            found.append((zero & (count > 0)).nonzero().reshape(-1) + block.start)
+    if first_pass:
+        tie.positions = torch.cat(found)
+        tie.assumed = bool(tie.positions.numel())
     return out.reshape(x.shape[1:])
 
 
@@ -266,11 +274,10 @@ def _compiled_ties(flat: Tensor, thresholds: list[Tensor | float | None] | None,
         limits = kernels.threshold_limits(thresholds)
     first_pass = tie is not None and tie.value is None
     fallback = None if tie is None else (tie.guess if first_pass else tie.value)
-    done = kernels.ties_columns(flat, limits, fallback)
+    done = kernels.ties_columns(flat, limits, fallback, positions=first_pass)
     if done is None:
         return None
-    out, sign_sum, ambiguous = done
     if first_pass:
-        tie.sign_sum += sign_sum
-        tie.assumed = ambiguous
-    return out
+        tie.sign_sum += done.sign_sum
+        tie.assumed, tie.positions = done.ambiguous, done.positions
+    return done.merged

@@ -15,6 +15,7 @@ import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
@@ -33,6 +34,9 @@ Progress = Callable[[str], Any] | Any  # a callable taking the tensor name, or a
 # The next tensor's task vectors are read ahead only when they fit in this many bytes, so the
 # prefetch adds at most this much to the (T + 2) x largest-tensor working set.
 PREFETCH_BYTES = 256 << 20
+# A row block's ambiguous entries are kept for a later patch (instead of merging the block again)
+# up to this fraction of the block: at 1.26B TIES they were ~1% of bfloat16 task values.
+KEEP_FRACTION = 1 / 8
 
 
 class Piece(NamedTuple):
@@ -80,6 +84,28 @@ def _check_merged_finite(tensor: Tensor, name: str, method: MergeMethod) -> None
         f"{method!r} produced {'NaN' if bad else 'Inf'} values in merged tensor {name!r}; nothing is "
         "written (check the method's hyperparameters and the inputs' magnitudes)"
     )
+
+
+@dataclass
+class _BlockTie(TieFallback):
+    """A row block's first-pass `TieFallback` that also keeps what merging its ambiguous entries
+    again takes: their base values and task values, gathered while the block's stack is at hand.
+
+    Attributes:
+        inputs: `[base values (k,), task values (T, k)]` at `positions`, or None (no ambiguous
+            entries, no positions reported, or more than `KEEP_FRACTION` of the block: the block
+            is then read and merged again whole if its guess is overturned).
+    """
+
+    inputs: tuple[Tensor, Tensor] | None = None
+
+    def keep_inputs(self, base: Tensor, stack: Tensor) -> None:
+        """Gather the ambiguous entries' inputs from the block's base rows and task-vector stack
+        (trimmed in place or not: trimming again by the same limits changes nothing)."""
+        if not self.assumed or self.positions is None or self.positions.numel() > base.numel() * KEEP_FRACTION:
+            return
+        flat = stack.reshape(stack.shape[0], -1)
+        self.inputs = (base.detach().reshape(-1)[self.positions], flat[:, self.positions])
 
 
 class MergeStream:
@@ -160,6 +186,8 @@ class MergeStream:
             delta = self.method.merge_tensor(name, theta0, stack, route, self.stats)
         else:
             delta = self.method.merge_rows(name, theta0, stack, route, self.stats, tie)
+            if isinstance(tie, _BlockTie):
+                tie.keep_inputs(tensor, stack)
         del stack  # free T x tensor before the sum is allocated
         if delta.shape != tensor.shape:
             raise MergeInputError(
@@ -197,7 +225,6 @@ class MergeStream:
         recycler = _Recycler((4 * len(self.source) + 6) * largest * 4) if self.recycle else None
         self.task_vectors.recycler = recycler
         units = self._units_merged(work, recycler)
-        tie, redo = TieFallback(), []
         with torch.no_grad(), closing(units):
             for (name, rows), (merged, block_tie) in zip(work, units):
                 if rows is None:
@@ -206,26 +233,43 @@ class MergeStream:
                     _tick(self.progress, name)
                     continue
                 if rows[0] == 0:
-                    tie, redo = TieFallback(), []
+                    tie, held, redo = TieFallback(), [], []
                 # Each block has its own TieFallback; their sign sums add up to the tensor's.
                 tie.sign_sum += block_tie.sign_sum
                 self._sign_sums[name] = tie.sign_sum  # the next blocks' guess
-                if block_tie.assumed:
+                if block_tie.assumed and block_tie.inputs is None:
                     redo.append((rows, block_tie.guess))
-                if rows[1] < tensor_meta(self.base, name)[0][0]:
+                # A block whose ambiguous entries were kept waits for the tensor's fallback to be
+                # patched in memory, and the blocks after it wait too: the writer keeps getting
+                # rows in file order. At most the tensor itself is held, in its stored dtype.
+                final = rows[1] >= tensor_meta(self.base, name)[0][0]
+                if held or (block_tie.assumed and block_tie.inputs is not None):
+                    held.append((rows[0], merged, block_tie))
+                elif not final:
                     yield Piece(name, rows[0], merged, False)
+                if not final:
                     del merged
                     continue
-                # The tensor's last block: blocks with ambiguous columns whose guess was not the
-                # whole tensor's fallback are merged again. Guessing the sign of the blocks before
-                # (not always +1) matters: at 1.26B TIES, +1 for every block merged 49% of the
-                # output twice (the tensor's fallback is -1 about half the time, and large blocks
-                # of bf16 task values nearly always hold an exact cancellation).
+                # The tensor's last block. Guessing the sign of the blocks before (not always
+                # +1) matters: at 1.26B TIES, +1 for every block overturned the guess of 49% of
+                # the output (the tensor's fallback is -1 about half the time, and large blocks of
+                # bf16 task values nearly always hold an exact cancellation).
+                known = TieFallback(value=tie.fallback)
                 again = [r for r, guess in redo if guess != tie.fallback]
                 self._sign_sums.pop(name, None)
-                yield Piece(name, rows[0], merged, not again)
+                if not held:
+                    yield Piece(name, rows[0], merged, not again)
                 del merged
-                known = TieFallback(value=tie.fallback)
+                for index, (start, block, kept) in enumerate(held):
+                    if kept.inputs is not None and kept.guess != tie.fallback:
+                        # Only the ambiguous entries change: merge them alone, gathered as a
+                        # (T, k) block (the methods that report positions are element-wise).
+                        with intra_op_threads(self.threads):
+                            values = self._merge_one(name, list(kept.inputs), None, known)
+                        block.view(-1)[kept.positions] = values
+                    yield Piece(name, start, block, index == len(held) - 1 and not again)
+                held = []
+                # Blocks whose ambiguous entries were too many to keep are merged again whole.
                 for index, (start, stop) in enumerate(again):
                     with intra_op_threads(self.threads):
                         block = self._merge_one(name, list(self._read(name, (start, stop))), recycler, known)
@@ -248,11 +292,11 @@ class MergeStream:
                 yield piece.name, out
                 out = None
 
-    def _first_pass_tie(self, name: str) -> TieFallback:
+    def _first_pass_tie(self, name: str) -> _BlockTie:
         """A row block's first-pass fallback, guessing the sign of the tensor's blocks merged so
         far (+1 before any; a worker thread may see fewer blocks than have been merged: any guess
-        gives the same result, a wrong one only costs a second merge of the block)."""
-        return TieFallback(guess=-1.0 if self._sign_sums.get(name, 0) < 0 else 1.0)
+        gives the same result, a wrong one only costs merging the block's ambiguous entries again)."""
+        return _BlockTie(guess=-1.0 if self._sign_sums.get(name, 0) < 0 else 1.0)
 
     def _units_merged(self, work: list, recycler: _Recycler | None) -> Iterator[tuple[Tensor, TieFallback | None]]:
         """`(merged tensor or rows, the row block's TieFallback)` per unit, merged on this thread

@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+import neuroflow.merging.stream as stream_module
 import neuroflow.merging.task_vectors as task_vectors_module
 from neuroflow.checkpoints import merge_checkpoints, shard_writer
 from neuroflow.merging import TIES, NeuroMerging, TaskArithmetic, merge_state_dicts
@@ -67,44 +68,78 @@ def test_blocks_written_in_place_equal_the_whole_tensor_merge(llama, tmp_path, m
     assert head == [(start, 16, start == 112) for start in range(0, 128, 16)]  # 8 blocks, none assembled
 
 
-def test_a_block_redone_for_the_tensor_tie_fallback_is_rewritten(llama, tmp_path, monkeypatch) -> None:
+def spy_merges(monkeypatch) -> list[int]:
+    """Record the number of entries of every unit the merge stream merges."""
+    real, sizes = stream_module.MergeStream._merge_one, []
+
+    def recording(self, name, inputs, recycler, tie=None):
+        if name == "lm_head.weight":
+            sizes.append(inputs[0].numel())
+        return real(self, name, inputs, recycler, tie)
+
+    monkeypatch.setattr(stream_module.MergeStream, "_merge_one", recording)
+    return sizes
+
+
+def test_an_overturned_guess_patches_only_the_ambiguous_entries(llama, tmp_path, monkeypatch) -> None:
     # Row 0, column 0 of the LM head cancels exactly between the two experts (+1, -1); every other
-    # entry of the head moves by -1, so the tensor's fallback sign is -1 and the first block, merged
-    # under the assumed +1, must be merged again after the last block and written over.
+    # entry of the head moves by -1, so the tensor's fallback sign is -1 and the first block,
+    # merged under the assumed +1, is wrong in that one entry: it alone is merged again, and the
+    # blocks are written once each, in order, after the last one.
     base = folder_state(llama["base"])
     experts = cancelling_experts(llama, tmp_path, rows=[0])
     method = TIES(mask_rate=0.0)
     expected = merge_state_dicts(base, [folder_state(e) for e in experts], method)
     assert expected["lm_head.weight"][0, 0] == base["lm_head.weight"][0, 0] - 1.0  # the -1 side wins the tie
     monkeypatch.setattr(task_vectors_module, "ROW_BLOCK_BYTES", BLOCK_BYTES)
-    calls = spy_writes(monkeypatch)
+    calls, merged = spy_writes(monkeypatch), spy_merges(monkeypatch)
+    merge_checkpoints(str(llama["base"]), [str(e) for e in experts], method, str(tmp_path / "out"))
+    got = folder_state(tmp_path / "out")
+    assert all(torch.equal(got[n], expected[n]) for n in expected)
+    head = [(start, last) for name, start, _, last in calls if name == "lm_head.weight"]
+    assert head == [(start, start == 112) for start in range(0, 128, 16)]
+    assert merged == [16 * 32] * 8 + [1]
+
+
+def test_too_many_ambiguous_entries_merge_the_block_again_whole(llama, tmp_path, monkeypatch) -> None:
+    # With no room to keep the ambiguous entries, the overturned first block is read and merged
+    # again whole after the last block, and written over.
+    base = folder_state(llama["base"])
+    experts = cancelling_experts(llama, tmp_path, rows=[0])
+    method = TIES(mask_rate=0.0)
+    expected = merge_state_dicts(base, [folder_state(e) for e in experts], method)
+    monkeypatch.setattr(task_vectors_module, "ROW_BLOCK_BYTES", BLOCK_BYTES)
+    monkeypatch.setattr(stream_module, "KEEP_FRACTION", 0.0)
+    calls, merged = spy_writes(monkeypatch), spy_merges(monkeypatch)
     merge_checkpoints(str(llama["base"]), [str(e) for e in experts], method, str(tmp_path / "out"))
     got = folder_state(tmp_path / "out")
     assert all(torch.equal(got[n], expected[n]) for n in expected)
     head = [(start, last) for name, start, _, last in calls if name == "lm_head.weight"]
     assert head == [(start, False) for start in range(0, 128, 16)] + [(0, True)]
+    assert merged == [16 * 32] * 9
 
 
 @pytest.mark.parametrize("threads", [1, 2])
 def test_later_blocks_guess_the_fallback_of_the_blocks_before(llama, tmp_path, monkeypatch, threads) -> None:
     # Every 16-row block of the LM head has one column that cancels exactly (+1, -1) and every
-    # other entry moves by -1: the tensor's fallback is -1. Guessing +1 for every block would merge
-    # all 8 again; guessing the sign of the blocks before, only the first is (1 thread: the guess
-    # sees every earlier block; 2 threads may see fewer, so more may come again, same values).
+    # other entry moves by -1: the tensor's fallback is -1. Guessing +1 for every block would patch
+    # all 8; guessing the sign of the blocks before, only the first is (1 thread: the guess sees
+    # every earlier block; 2 threads may see fewer, so more may be patched, same values).
     base = folder_state(llama["base"])
     experts = cancelling_experts(llama, tmp_path, rows=list(range(0, 128, 16)))
     method = TIES(mask_rate=0.0)
     expected = merge_state_dicts(base, [folder_state(e) for e in experts], method)
     assert torch.equal(expected["lm_head.weight"][0::16, 0], base["lm_head.weight"][0::16, 0] - 1.0)
     monkeypatch.setattr(task_vectors_module, "ROW_BLOCK_BYTES", BLOCK_BYTES)
-    calls = spy_writes(monkeypatch)
+    calls, merged = spy_writes(monkeypatch), spy_merges(monkeypatch)
     merge_checkpoints(str(llama["base"]), [str(e) for e in experts], method, str(tmp_path / "out"), threads=threads)
     got = folder_state(tmp_path / "out")
     assert all(torch.equal(got[n], expected[n]) for n in expected)
     head = [(start, last) for name, start, _, last in calls if name == "lm_head.weight"]
-    assert head[:8] == [(start, False) for start in range(0, 128, 16)] and head[-1][1]
+    assert head == [(start, start == 112) for start in range(0, 128, 16)]
+    assert merged[:8] == [16 * 32] * 8 and all(size == 1 for size in merged[8:])
     if threads == 1:
-        assert head[8:] == [(0, True)]
+        assert merged[8:] == [1]
 
 
 def test_resized_vocabulary_rows_follow_the_merged_blocks(llama, tmp_path, monkeypatch) -> None:

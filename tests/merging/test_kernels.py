@@ -50,7 +50,7 @@ def test_ties_on_a_hand_built_tensor() -> None:
     assert torch.equal(ties_merge(x.clone(), thresholds=thresholds), torch.tensor([1.0, 3.0, 0.0, 0.0]))
     tie = TieFallback()
     assert torch.equal(ties_merge(x.clone(), thresholds=thresholds, tie=tie), torch.tensor([1.0, 3.0, 0.0, 0.0]))
-    assert (tie.sign_sum, tie.assumed) == (1, True)
+    assert (tie.sign_sum, tie.assumed, tie.positions.tolist()) == (1, True, [0])  # column 2: nothing kept
     known = TieFallback(value=-1.0)
     assert torch.equal(ties_merge(x.clone(), thresholds=thresholds, tie=known), torch.tensor([-1.0, 3.0, 0.0, 0.0]))
     assert known.sign_sum == 0  # a known fallback is not accumulated again
@@ -88,6 +88,27 @@ def test_ties_kernel_matches_the_torch_steps_bit_for_bit(torch_path, tasks, dtyp
         assert torch.equal(got, expected), (thresholds is None, tie)
         if expected_tie is not None:
             assert (got_tie.sign_sum, got_tie.assumed) == (expected_tie.sign_sum, expected_tie.assumed)
+            if tie == "first":
+                assert torch.equal(got_tie.positions, expected_tie.positions)
+                assert (tasks == 2) <= (7 * 70 in got_tie.positions.tolist())
+
+
+def test_ambiguous_positions_are_exactly_the_columns_another_fallback_changes(torch_path) -> None:
+    # bfloat16-like task values cancel exactly often; the entries that differ between the -1 and
+    # +1 merges are the reported positions, and merging those columns alone gives their values.
+    g = torch.Generator().manual_seed(5)
+    x = (torch.randint(-3, 4, (3, 3 * 2048 * 64 + 11), generator=g) * 0.25).float()
+    thresholds = [torch.tensor(0.5)] * 3
+    for run in (lambda f, *a, **k: f(*a, **k), torch_path):
+        for count in (1, 2):
+            with kernels.threads(count):
+                tie = TieFallback(guess=1.0)
+                plus = run(ties_merge, x.clone(), thresholds=thresholds, tie=tie)
+                minus = run(ties_merge, x.clone(), thresholds=thresholds, tie=TieFallback(value=-1.0))
+            changed = (plus != minus).nonzero().reshape(-1)
+            assert changed.numel() > 1000 and torch.equal(tie.positions, changed)
+            alone = run(ties_merge, x[:, changed].clone(), thresholds=thresholds, tie=TieFallback(value=-1.0))
+            assert torch.equal(alone, minus[changed])
 
 
 def test_ties_kernel_sums_tasks_in_order_for_many_tasks() -> None:
@@ -134,6 +155,7 @@ def test_threads_split_the_columns_without_changing_values() -> None:
         two = ties_merge(x.clone(), thresholds=thresholds, tie=(tie_two := TieFallback()))
     assert torch.equal(one, two)
     assert (tie_one.sign_sum, tie_one.assumed) == (tie_two.sign_sum, tie_two.assumed)
+    assert torch.equal(tie_one.positions, tie_two.positions)
 
 
 def test_window_block_on_a_hand_built_block() -> None:
