@@ -119,7 +119,9 @@ class MergeMethod(ABC):
             route: the tensor's route.
             stats: what `prepare` returned.
             tie: the tensor-wide sign-election tie fallback across blocks (see `TieFallback`), for
-                methods whose sign election spans the whole tensor.
+                methods whose sign election spans the whole tensor. A method that sets
+                `tie.positions` must be element-wise given the fallback: the engine merges those
+                entries again alone, as a `(k,)` base and `(T, k)` task values.
         """
         return self.merge_tensor(name, base, task_vectors, route, stats)
 
