@@ -26,8 +26,8 @@ import functools
 import logging
 import os
 from collections.abc import Iterator
-from typing import NamedTuple
 from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
 
 import numpy as np
 import torch

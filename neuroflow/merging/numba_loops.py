@@ -80,8 +80,8 @@ def ties_sweep(x, limits, out, fallback, where, start, stop):
     summed over tasks in order, the signs elected (`fallback` where a sum is 0), the disjoint
     means; returns `(sum of the sums' signs, number of columns the fallback decided (sum 0, an
     entry kept), start)`. When `where` is not empty, those columns' indices are written, in
-    order, to `where[start:start + number]`. Both sweeps of a block run while its T x COLUMNS values are in
-    cache."""
+    order, to `where[start:start + number]`. Both sweeps of a block run while its T x COLUMNS
+    values are in cache."""
     sign = np.empty(COLUMNS, x.dtype)
     mass = np.empty(COLUMNS, x.dtype)
     count = np.empty(COLUMNS, x.dtype)

@@ -212,9 +212,11 @@ class MergeStream:
     def pieces(self) -> Iterator[Piece]:
         """The merged model as `Piece`s, in base order: a whole tensor, or, for tensors merged by
         row blocks, each block as soon as it is merged (a writer puts it at its offset; nothing
-        assembles the tensor). A block merged under an assumed tie fallback that the whole tensor
-        overturns comes again, merged with the tensor's fallback, after the tensor's other
-        blocks; only a tensor's final piece has `last` set."""
+        assembles the tensor). From the first block merged under an assumed tie fallback on, the
+        tensor's blocks come after its last one, the entries the whole tensor's fallback changes
+        patched; a block with too many such entries to keep comes again, merged whole with the
+        tensor's fallback, after the tensor's other blocks. Only a tensor's final piece has
+        `last` set."""
         work = [(name, rows) for name in self.names for rows in self._units(name)]
         merged_work = [(n, r) for n, r in work if self.routes[n].kind != "skip"]
         largest = max((self._numel(n, r) for n, r in merged_work), default=0)
