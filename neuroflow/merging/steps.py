@@ -261,7 +261,7 @@ def ties_merge(
             # which the guess counted (an all-zero column merges to 0 under any sign).
             found.append((zero & (count > 0)).nonzero().reshape(-1) + block.start)
     if first_pass:
-        tie.positions = torch.cat(found)
+        tie.positions = torch.cat(found) if found else torch.empty(0, dtype=torch.int64)  # no columns
         tie.assumed = bool(tie.positions.numel())
     return out.reshape(x.shape[1:])
 

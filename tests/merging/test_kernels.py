@@ -353,3 +353,10 @@ def test_a_first_pass_guessing_minus_one_merges_as_the_known_minus_one(monkeypat
         kernels._compiled.cache_clear()
     with pytest.raises(ValueError, match="guess must be"):
         TieFallback(guess=0.0)
+
+
+def test_a_block_without_columns_reports_no_positions(torch_path) -> None:
+    for run in (lambda f, *a, **k: f(*a, **k), torch_path):
+        tie = TieFallback()
+        got = run(ties_merge, torch.empty(2, 0), thresholds=[torch.tensor(0.5)] * 2, tie=tie)
+        assert got.shape == (0,) and not tie.assumed and tie.positions.tolist() == []
